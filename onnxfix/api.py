@@ -1,0 +1,183 @@
+"""The Python API: ``Explainer(model).explain(image, method=..., target=...)`` (DESIGN §2).
+
+One signature for every method (Captum's lesson); ``attribution`` keeps the method's raw numbers and the
+picture is made separately by :meth:`Explanation.save`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from PIL import Image
+
+from onnxfix import maps, render
+from onnxfix.errors import InputError, UnsupportedModel
+from onnxfix.io.image import Frame, Preprocess, prepare
+from onnxfix.methods import METHODS
+from onnxfix.model import Model, Target
+
+
+@dataclass
+class Explanation:
+    """One explained image × method. Coordinates (points, box, heatmap) are on the user's image pixels."""
+
+    method: str
+    target: int
+    label: str
+    step: int | None
+    score: float
+    logit: float
+    scores: np.ndarray
+    top: list[dict]
+    attribution: np.ndarray
+    heatmap: np.ndarray
+    points: np.ndarray | None
+    box: list[float] | None
+    frame: Frame
+    image: Image.Image | None = None
+    seconds: float = 0.0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def render(self, alpha: float = 0.5) -> Image.Image:
+        """The overlay picture: image (or a grey canvas for preprocessed input) + heatmap + points + box."""
+        base = self.image
+        if base is None:
+            h, w = self.heatmap.shape
+            base = Image.new("RGB", (w, h), (128, 128, 128))
+        title = f"{self.method}: {self.label} ({self.score:.2f})"
+        return render.overlay(base, self.heatmap, self.points, self.box, alpha=alpha, title=title)
+
+    def save(self, path: str | os.PathLike, protect: list[str | os.PathLike] = ()) -> Path:
+        """Write the overlay PNG atomically."""
+        return render.save_png(self.render(), path, protect=protect)
+
+    def to_json(self, image: str, model: str, heatmap_png: str | None) -> dict[str, Any]:
+        """The CLI's JSON object (DESIGN §2)."""
+        d: dict[str, Any] = {
+            "image": image, "model": model, "method": self.method,
+            "target": {"index": self.target, "label": self.label, "score": self.score, "logit": self.logit},
+            "top": self.top, "heatmap_png": heatmap_png,
+            "points": None if self.points is None else [[round(float(x), 2), round(float(y), 2)]
+                                                        for x, y in self.points],
+            "box": None if self.box is None else [round(float(v), 2) for v in self.box],
+            "seconds": round(self.seconds, 4),
+        }
+        if self.step is not None:
+            d["target"]["step"] = self.step
+        return d
+
+
+class Explainer:
+    """Load a model once, explain many images.
+
+    Parameters
+    ----------
+    model : str, path-like or onnx.ModelProto
+        The ONNX model (loaded safely: external data must stay inside the model's folder).
+    provider : {"cpu", "cuda"}
+        ONNX Runtime execution provider; "cuda" falls back to the CPU with a message when unavailable.
+    labels : str, optional
+        A labels file (one name per line, or JSON); default: model metadata, ``<model>.labels.txt``, ImageNet.
+    output : str, optional
+        The model output to explain (default: the first floating-point output).
+    preprocess : dict, optional
+        Overrides of the inferred preprocessing: ``height``, ``width``, ``mean``, ``std``, ``scale``,
+        ``layout`` ("nchw"/"nhwc"), ``channels`` ("rgb"/"bgr"/"gray").
+    """
+
+    def __init__(self, model: str | os.PathLike | onnx.ModelProto, provider: str = "cpu",
+                 labels: str | None = None, output: str | None = None, preprocess: dict | None = None,
+                 threads: int | None = None):
+        self.model = Model(model, provider=provider, output=output, labels_file=labels, threads=threads)
+        self._pre_overrides = dict(preprocess or {})
+        self._spec: Preprocess | None = None
+
+    @property
+    def spec(self) -> Preprocess:
+        """The preprocessing in use (inferred, then overridden)."""
+        if self._spec is None:
+            self._spec = self.model.preprocess(**self._pre_overrides)
+        return self._spec
+
+    def methods(self) -> dict[str, str | None]:
+        """Every method → ``None`` if it applies to this model, else why not."""
+        return {name: m.applies(self.model) for name, m in METHODS.items()}
+
+    def prepare(self, image: Any) -> tuple[np.ndarray, Frame, Image.Image | None]:
+        """Decode and preprocess ``image`` into the model's input tensor."""
+        return prepare(image, self.spec, self.model.input_shape)
+
+    def predict(self, image: Any, k: int = 5) -> list[dict]:
+        """Top-``k`` classes for ``image`` (forward only)."""
+        x, _, _ = self.prepare(image)
+        values = self.model.runtime.run({self.model.input: x}, [self.model.head.logits])
+        target = self.model.resolve_target(values[self.model.head.logits])
+        return self.model.top(self.model.scores_at(values[self.model.head.logits], target.step), k)
+
+    def explain(self, image: Any, method: str = "fixations", target: int | str | None = None,
+                layer: str | None = None, step: int | None = None, top_k: int = 5,
+                **options: Any) -> Explanation:
+        """Explain one image.
+
+        Parameters
+        ----------
+        image : path, PIL image, H×W×C uint8 array, or a preprocessed float32 array shaped like the input
+        method : str
+            One of :data:`onnxfix.methods.METHODS` (``Explainer.methods()`` tells which apply).
+        target : int or str, optional
+            Class index or label to explain; default the top class.
+        layer : str, optional
+            Layer (tensor or node name) for layer methods.
+        step : int, optional
+            Time step for sequence outputs; default the most confident step.
+
+        Returns
+        -------
+        Explanation
+        """
+        m = METHODS.get(method)
+        if m is None:
+            raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        why = m.applies(self.model)
+        if why:
+            ok = [n for n, r in self.methods().items() if r is None]
+            raise UnsupportedModel(f"{method} cannot explain this model: {why}; methods that work: "
+                                   f"{', '.join(ok) or 'none'}")
+        t0 = time.perf_counter()
+        x, frame, img = self.prepare(image)
+        mdl = self.model
+        values = mdl.runtime.run({mdl.input: x}, m.forward_tensors(mdl))
+        logits = values[mdl.head.logits]
+        if not np.isfinite(logits).all():
+            raise InputError("the model produced NaN or Inf scores for this input; nothing to explain")
+        tgt: Target = mdl.resolve_target(logits, target, step)
+        opts = dict(options)
+        if layer is not None:
+            opts["layer"] = layer
+        res = m.explain(mdl, x, values, tgt, **opts)
+        image_hw = frame.image_hw
+        if res.points is not None:
+            pts = frame.to_image(res.points)
+            heat = maps.density(pts, image_hw, maps.fixation_sigma(frame.input_hw, image_hw))
+            box = maps.fixation_box(pts, image_hw)
+        else:
+            pts = None
+            heat = maps.normalise(maps.resize_map(res.map, image_hw)) if res.map is not None else np.zeros(
+                image_hw, np.float32)
+            box = maps.heatmap_box(heat)
+        scores = mdl.scores_at(logits, tgt.step)
+        return Explanation(
+            method=method, target=tgt.index, label=tgt.label, step=tgt.step, score=tgt.score, logit=tgt.logit,
+            scores=scores, top=mdl.top(scores, top_k), attribution=res.attribution, heatmap=heat, points=pts,
+            box=box, frame=frame, image=img, seconds=time.perf_counter() - t0, extras=res.extras)
+
+    def activations(self, image: Any) -> dict[str, np.ndarray]:
+        """Every intermediate tensor for ``image``, by name."""
+        x, _, _ = self.prepare(image)
+        return self.model.runtime.activations({self.model.input: x})

@@ -1,0 +1,202 @@
+"""The command line (DESIGN §2).
+
+    onnxfix MODEL IMAGE [IMAGE ...] [--method NAME] [--target INDEX|LABEL] [--top-k K] [--layer NAME] ...
+    onnxfix inspect MODEL
+    onnxfix methods
+
+Exit codes: 0 ok, 2 bad usage or unreadable input, 3 unsupported model. Errors are one line on stderr, never a
+traceback (set ONNXFIX_DEBUG=1 to see one). Outputs go to ``--out`` (default: the current folder) as
+``<image-stem>.<method>.png``, written atomically; an output that would replace an input is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from onnxfix.errors import InputError, OnnxfixError
+
+
+def _explain_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="onnxfix", description="Explain an ONNX vision model's prediction on images.",
+        epilog="Other commands: 'onnxfix inspect MODEL' (ops, inputs, which methods apply), "
+               "'onnxfix methods' (list methods).")
+    p.add_argument("model", help="the .onnx file")
+    p.add_argument("images", nargs="+", help="image files (jpg, png, ...)")
+    p.add_argument("--method", default="fixations", help="explanation method, or 'all' (default: fixations)")
+    p.add_argument("--target", default=None, help="class index or label to explain (default: the top class)")
+    p.add_argument("--step", type=int, default=None, help="time step for sequence outputs (default: most confident)")
+    p.add_argument("--top-k", type=int, default=5, help="how many classes to print (default 5)")
+    p.add_argument("--layer", default=None, help="layer for layer methods (tensor or node name)")
+    p.add_argument("--labels", default=None, help="labels file: one name per line, or JSON")
+    p.add_argument("--out", default=".", help="folder for the PNGs (default: current folder)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per image×method")
+    p.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="ONNX Runtime provider")
+    p.add_argument("--output", default=None, help="model output to explain (default: first float output)")
+    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=None, help="input size override")
+    p.add_argument("--mean", nargs=3, type=float, metavar=("R", "G", "B"), default=None)
+    p.add_argument("--std", nargs=3, type=float, metavar=("R", "G", "B"), default=None)
+    p.add_argument("--scale", type=float, default=None, help="pixel scale before mean/std (default 1/255)")
+    p.add_argument("--layout", choices=["nchw", "nhwc"], default=None)
+    p.add_argument("--channels", choices=["rgb", "bgr", "gray"], default=None)
+    return p
+
+
+def _overrides(a: argparse.Namespace) -> dict:
+    o: dict = {"mean": a.mean, "std": a.std, "scale": a.scale, "layout": a.layout, "channels": a.channels}
+    if a.channels == "gray":
+        o["mean"] = a.mean[:1] if a.mean else None
+        o["std"] = a.std[:1] if a.std else None
+    if a.size:
+        o["height"], o["width"] = a.size
+    return {k: v for k, v in o.items() if v is not None}
+
+
+def _target(text: str | None) -> int | str | None:
+    if text is None:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _out_name(out: Path, image: str, method: str, used: set[Path]) -> Path:
+    stem = Path(image).stem or "image"
+    cand = out / f"{stem}.{method}.png"
+    k = 2
+    while cand in used:
+        cand = out / f"{stem}-{k}.{method}.png"
+        k += 1
+    used.add(cand)
+    return cand
+
+
+def cmd_explain(argv: list[str]) -> int:
+    a = _explain_parser().parse_args(argv)
+    from onnxfix.api import Explainer
+    from onnxfix.methods import METHODS
+    from onnxfix.render import panel, save_png
+
+    if a.method != "all" and a.method not in METHODS:
+        raise InputError(f"unknown method {a.method!r}; choose from {', '.join(METHODS)} or all")
+    ex = Explainer(a.model, provider=a.provider, labels=a.labels, output=a.output, preprocess=_overrides(a))
+    if a.method == "all":
+        methods = [n for n, why in ex.methods().items() if why is None]
+        if not methods:
+            raise InputError("no method applies to this model; see 'onnxfix inspect'")
+    else:
+        methods = [a.method]
+    out = Path(a.out)
+    used: set[Path] = set()
+    protect = [a.model, *a.images]
+    for image in a.images:
+        results = [ex.explain(image, method=m, target=_target(a.target), layer=a.layer, step=a.step,
+                              top_k=a.top_k) for m in methods]
+        if a.method == "all":
+            png = _out_name(out, image, "all", used)
+            save_png(panel([r.render() for r in results]), png, protect=protect)
+            pngs = [png] * len(results)
+        else:
+            pngs = [_out_name(out, image, results[0].method, used)]
+            results[0].save(pngs[0], protect=protect)
+        for r, png in zip(results, pngs, strict=True):
+            if a.json:
+                print(json.dumps(r.to_json(image, a.model, str(png))), flush=True)
+        if not a.json:
+            r = results[0]
+            step = f" (step {r.step})" if r.step is not None else ""
+            print(f"{image}{step}")
+            for i, t in enumerate(r.top, 1):
+                mark = "*" if t["index"] == r.target else " "
+                print(f"  {mark}{i}. {t['label']:<28} {t['score']:.4f}  (class {t['index']}, logit {t['logit']:.3f})")
+            for r2, png in zip(results, pngs, strict=True):
+                extra = f", {len(r2.points)} points" if r2.points is not None else ""
+                print(f"  {r2.method}: {png}  ({r2.seconds * 1000:.0f} ms{extra})")
+    return 0
+
+
+def cmd_inspect(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="onnxfix inspect", description="Describe a model and what onnxfix can do with it.")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    from onnxfix.fixations import RULES
+    from onnxfix.methods import METHODS
+    from onnxfix.model import Model
+
+    m = Model(a.model)
+    g = m.graph
+    inv = g.op_inventory()
+    info = {
+        "model": a.model,
+        "opset": g.opset,
+        "inputs": [{"name": i, "shape": list(g.shape(i) or [])} for i in g.inputs],
+        "outputs": [{"name": o, "shape": list(g.shape(o) or [])} for o in g.outputs],
+        "explained": {"output": m.head.output, "logits": m.head.logits, "class_axis": m.head.class_axis,
+                      "time_axis": m.head.time_axis},
+        "ops": dict(sorted(inv.items(), key=lambda kv: -kv[1])),
+        "fixations_rules_missing": sorted(op for op in inv if op not in RULES),
+        "methods": {name: (why or "ok") for name, why in ((n, meth.applies(m)) for n, meth in METHODS.items())},
+    }
+    try:
+        spec = m.preprocess()
+        info["preprocess"] = {"size": [spec.height, spec.width], "layout": spec.layout, "channels": spec.channels,
+                              "mean": list(spec.mean), "std": list(spec.std), "scale": spec.scale}
+    except InputError as exc:
+        info["preprocess"] = str(exc)
+    if a.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model    {a.model}  (opset {g.opset}, {sum(inv.values())} nodes)")
+    for i in info["inputs"]:
+        print(f"input    {i['name']}  {i['shape']}")
+    for o in info["outputs"]:
+        print(f"output   {o['name']}  {o['shape']}")
+    print(f"explains {m.head.logits}" + (" (before softmax)" if m.head.softmax else ""))
+    print("preprocess", info["preprocess"])
+    print("ops      " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()))
+    miss = info["fixations_rules_missing"]
+    print("fixations rules missing for: " + (", ".join(miss) if miss else "none (every op has a rule)"))
+    print("methods:")
+    for name, status in info["methods"].items():
+        print(f"  {name:<16} {status}")
+    return 0
+
+
+def cmd_methods(argv: list[str]) -> int:
+    from onnxfix.methods import METHODS
+
+    for name, m in METHODS.items():
+        print(f"{name:<16} {m.summary}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "inspect":
+            return cmd_inspect(argv[1:])
+        if argv and argv[0] == "methods":
+            return cmd_methods(argv[1:])
+        return cmd_explain(argv)
+    except OnnxfixError as exc:
+        print(f"onnxfix: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("onnxfix: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exc:  # argparse
+        return int(exc.code) if isinstance(exc.code, int) else 2
+    except Exception as exc:  # noqa: BLE001 - never a traceback for users
+        if os.environ.get("ONNXFIX_DEBUG"):
+            traceback.print_exc()
+        print(f"onnxfix: internal error: {type(exc).__name__}: {exc} (set ONNXFIX_DEBUG=1 for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

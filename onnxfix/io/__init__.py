@@ -1,0 +1,1 @@
+"""Input/output at the edges: safe model loading, image loading and preprocessing, labels."""

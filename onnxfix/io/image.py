@@ -1,0 +1,256 @@
+"""Images in, model tensors out — and the way back from model-input coordinates to the user's pixels.
+
+Decisions (written here because no issue fixes them):
+
+* **Resize, no crop.** The whole image is resized (PIL bilinear) to the model's input H×W, so every pixel of the
+  user's image is seen and every model-input point maps back into the image: ``x_img = (x + 0.5)·W_img/W − 0.5``.
+  A user who wants ImageNet's resize-256-centre-crop-224 crops first and passes the crop.
+* **Normalisation:** ``x = (pixel·scale − mean) / std`` per channel, pixel in 0..255. Defaults: scale 1/255,
+  ImageNet mean/std for 3 channels, mean 0.5 / std 0.5 for one channel. A model may carry its own in ONNX
+  ``metadata_props`` (``onnxfix.channels``, ``onnxfix.layout``, ``onnxfix.mean``, ``onnxfix.std``,
+  ``onnxfix.scale``); CLI flags override both.
+* **Layout** is read from the input's shape: a dimension of 1 or 3 in position 1 → NCHW, in the last → NHWC; a
+  non-image input (rank ≠ 4, or no channel axis of 1/3/4) is refused with a clear message unless an
+  already-preprocessed array is given.
+* Decoding honours EXIF orientation, takes the first frame of animations, flattens alpha onto black and converts
+  palette, CMYK and 16-bit images to 8-bit RGB (or L for one channel). Images above ``MAX_PIXELS`` are refused
+  before decoding (decompression bombs).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from onnxfix.errors import InputError
+
+MAX_PIXELS = 100_000_000
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the model's input tensor."""
+
+    height: int
+    width: int
+    layout: str = "nchw"  # or "nhwc"
+    channels: str = "rgb"  # "rgb", "bgr" or "gray"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    scale: float = 1.0 / 255.0
+    dtype: str = "float32"
+
+    @property
+    def n_channels(self) -> int:
+        return 1 if self.channels == "gray" else 3
+
+    def with_overrides(self, **kw: Any) -> Preprocess:
+        """A copy with the given non-None fields replaced (CLI flags)."""
+        clean = {k: v for k, v in kw.items() if v is not None}
+        for k in ("mean", "std"):
+            if k in clean:
+                clean[k] = tuple(float(x) for x in clean[k])
+        return replace(self, **clean)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Maps model-input pixel coordinates to the user's image pixel coordinates (and back)."""
+
+    input_hw: tuple[int, int]
+    image_hw: tuple[int, int]
+
+    @property
+    def scale_xy(self) -> tuple[float, float]:
+        return self.image_hw[1] / self.input_hw[1], self.image_hw[0] / self.input_hw[0]
+
+    def to_image(self, xy: np.ndarray) -> np.ndarray:
+        """(N, 2) model-input (x, y) → image (x, y); pixel centres are integers in both frames."""
+        sx, sy = self.scale_xy
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        return np.stack([(xy[:, 0] + 0.5) * sx - 0.5, (xy[:, 1] + 0.5) * sy - 0.5], axis=1)
+
+    def to_input(self, xy: np.ndarray) -> np.ndarray:
+        sx, sy = self.scale_xy
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        return np.stack([(xy[:, 0] + 0.5) / sx - 0.5, (xy[:, 1] + 0.5) / sy - 0.5], axis=1)
+
+
+def _parse_floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.replace(";", ",").split(",") if x.strip())
+
+
+def infer_preprocess(
+    input_shape: tuple[int | None, ...] | None, metadata: dict[str, str] | None = None, name: str = "input"
+) -> Preprocess:
+    """Guess the preprocessing from the model's image input shape and its ``onnxfix.*`` metadata.
+
+    Raises
+    ------
+    InputError
+        The input does not look like an image (rank ≠ 4 or no channel axis of size 1, 3 or 4).
+    """
+    meta = metadata or {}
+    if input_shape is None or len(input_shape) != 4:
+        raise InputError(
+            f"model input {name!r} has shape {list(input_shape) if input_shape else 'unknown'}; an image input "
+            "must be 4-D (N,C,H,W or N,H,W,C) — pass an already-preprocessed array to the Python API instead"
+        )
+    layout = meta.get("onnxfix.layout")
+    if layout is None:
+        c1, c3 = input_shape[1], input_shape[3]
+        if c1 in (1, 3, 4) and c3 not in (1, 3, 4):
+            layout = "nchw"
+        elif c3 in (1, 3, 4) and c1 not in (1, 3, 4):
+            layout = "nhwc"
+        elif c1 in (1, 3, 4):
+            layout = "nchw"
+        else:
+            raise InputError(
+                f"model input {name!r} has shape {list(input_shape)}: no channel axis of size 1 or 3; "
+                "use --layout and --size"
+            )
+    if layout == "nchw":
+        c, h, w = input_shape[1], input_shape[2], input_shape[3]
+    else:
+        h, w, c = input_shape[1], input_shape[2], input_shape[3]
+    h = h if isinstance(h, int) and h > 0 else 224
+    w = w if isinstance(w, int) and w > 0 else 224
+    channels = meta.get("onnxfix.channels") or ("gray" if c == 1 else "rgb")
+    ncol = 1 if channels == "gray" else 3
+    mean = _parse_floats(meta["onnxfix.mean"]) if "onnxfix.mean" in meta else (
+        IMAGENET_MEAN if ncol == 3 else (0.5,))
+    std = _parse_floats(meta["onnxfix.std"]) if "onnxfix.std" in meta else (IMAGENET_STD if ncol == 3 else (0.5,))
+    scale = float(meta["onnxfix.scale"]) if "onnxfix.scale" in meta else 1.0 / 255.0
+    return Preprocess(int(h), int(w), layout, channels, tuple(mean), tuple(std), scale)
+
+
+def decode_image(source: str | os.PathLike | Image.Image | np.ndarray, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open ``source`` as an 8-bit RGB PIL image (EXIF rotation applied, first frame, alpha flattened).
+
+    Raises
+    ------
+    InputError
+        The file is missing, not an image, truncated, too large, or the array has an unusable shape/dtype.
+    """
+    if isinstance(source, np.ndarray):
+        return _array_to_pil(source)
+    if isinstance(source, Image.Image):
+        return _to_rgb(source, "<PIL image>")
+    path = Path(source)
+    label = str(source)
+    if not path.exists():
+        raise InputError(f"{label}: no such image file")
+    if not path.is_file():
+        raise InputError(f"{label}: not a regular file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{label}: the image file is empty")
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise InputError(f"{label}: image is {w}×{h} pixels, above the limit of {max_pixels}")
+            if w == 0 or h == 0:
+                raise InputError(f"{label}: image has zero size ({w}×{h})")
+            im.seek(0)
+            im.load()
+            return _to_rgb(im, label)
+    except InputError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{label}: cannot decode the image ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{label}: cannot decode the image (truncated or corrupt: {exc})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def _to_rgb(im: Image.Image, label: str) -> Image.Image:
+    try:
+        im = ImageOps.exif_transpose(im) or im
+    except Exception:  # noqa: BLE001 - a broken EXIF block should not lose the image
+        pass
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        hi = arr.max() if arr.size else 1.0
+        arr = arr / (hi if hi > 255 else 255.0) * 255.0
+        im = Image.fromarray(arr.clip(0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float64))
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo if hi > lo else 1.0) * 255.0
+        im = Image.fromarray(arr.astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (0, 0, 0))
+        bg.paste(rgba, mask=rgba.getchannel("A"))
+        return bg
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    if im.size[0] == 0 or im.size[1] == 0:
+        raise InputError(f"{label}: image has zero size")
+    return im
+
+
+def _array_to_pil(arr: np.ndarray) -> Image.Image:
+    a = np.asarray(arr)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4) or a.shape[0] == 0 or a.shape[1] == 0:
+        raise InputError(f"image array has shape {list(a.shape)}; expected H×W, H×W×1, H×W×3 or H×W×4")
+    if a.dtype != np.uint8:
+        if not np.isfinite(a).all():
+            raise InputError("image array contains NaN or Inf")
+        if np.issubdtype(a.dtype, np.floating) and a.max() <= 1.0:
+            a = a * 255.0
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    return _to_rgb(Image.fromarray(np.ascontiguousarray(a)), "<array>")
+
+
+def to_tensor(image: Image.Image, spec: Preprocess) -> np.ndarray:
+    """Resize ``image`` to the model input and normalise it; returns a batch-of-one tensor in ``spec.layout``."""
+    im = image.convert("L") if spec.channels == "gray" else image
+    im = im.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
+    a = np.asarray(im, dtype=np.float32)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if spec.channels == "bgr":
+        a = a[:, :, ::-1]
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, 1, -1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(1, 1, -1)
+    a = (a * np.float32(spec.scale) - mean) / std
+    if spec.layout == "nchw":
+        a = a.transpose(2, 0, 1)
+    return np.ascontiguousarray(a[None].astype(spec.dtype))
+
+
+def prepare(
+    source: str | os.PathLike | Image.Image | np.ndarray, spec: Preprocess, input_shape: tuple[int | None, ...]
+) -> tuple[np.ndarray, Frame, Image.Image | None]:
+    """Turn a user input into (model tensor, frame, the decoded image or None for preprocessed arrays)."""
+    if isinstance(source, np.ndarray) and source.dtype != np.uint8 and source.ndim == len(input_shape):
+        arr = np.asarray(source, dtype=np.float32)
+        if arr.ndim == 4 and arr.shape[0] != 1:
+            raise InputError(f"preprocessed array has batch {arr.shape[0]}; explain one image at a time")
+        for got, want in zip(arr.shape, input_shape, strict=True):
+            if isinstance(want, int) and want > 0 and got != want:
+                raise InputError(f"preprocessed array has shape {list(arr.shape)}; the model wants {list(input_shape)}")
+        if not np.isfinite(arr).all():
+            raise InputError("preprocessed array contains NaN or Inf")
+        hw = (arr.shape[2], arr.shape[3]) if spec.layout == "nchw" else (arr.shape[1], arr.shape[2])
+        return np.ascontiguousarray(arr), Frame(hw, hw), None
+    image = decode_image(source)
+    tensor = to_tensor(image, spec)
+    frame = Frame((spec.height, spec.width), (image.size[1], image.size[0]))
+    return tensor, frame, image

@@ -1,0 +1,129 @@
+"""Maps: normalise, upsample, fixation density, and boxes (DESIGN §4).
+
+* **Density** of fixations: points splatted on the image grid and blurred by a Gaussian of σ = 20 px per 224 px
+  of model input (the CNN-Fixations authors' setting), scaled to the image. For speed the density is computed on
+  a grid of at most ``DENSITY_MAX_SIDE`` pixels and resized (bilinear) to the image.
+* **Fixation box**: drop points that have fewer than 5% of all points within 10% of the image diagonal, then the
+  tightest box around the rest (all points if that drops everything).
+* **Heatmap box** (Grad-CAM §4): threshold at 15% of the maximum, box around the largest 8-connected component.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from onnxfix.kernels import gaussian_blur, neighbour_counts, splat
+
+DENSITY_MAX_SIDE = 512
+
+
+def normalise(m: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1] (min → 0, max → 1; a constant map → zeros)."""
+    m = np.nan_to_num(np.asarray(m, np.float32))
+    lo, hi = float(m.min()) if m.size else 0.0, float(m.max()) if m.size else 0.0
+    if hi <= lo:
+        return np.zeros_like(m, dtype=np.float32)
+    return ((m - lo) / (hi - lo)).astype(np.float32)
+
+
+def resize_map(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a 2-D float map to (H, W)."""
+    m = np.asarray(m, np.float32)
+    if m.shape == tuple(hw):
+        return m.copy()
+    im = Image.fromarray(m, mode="F").resize((int(hw[1]), int(hw[0])), Image.Resampling.BILINEAR)
+    return np.asarray(im, np.float32)
+
+
+def fixation_sigma(input_hw: tuple[int, int], image_hw: tuple[int, int]) -> float:
+    """σ in image pixels: 20 px at a 224-px input, scaled with the input and with the resize to the image."""
+    s_in = 20.0 * float(np.sqrt(input_hw[0] * input_hw[1])) / 224.0
+    scale = float(np.sqrt((image_hw[0] / input_hw[0]) * (image_hw[1] / input_hw[1])))
+    return s_in * scale
+
+
+def density(points: np.ndarray, hw: tuple[int, int], sigma: float) -> np.ndarray:
+    """Gaussian-blurred density of ``points`` ((N, 2) x, y in pixels of an H×W image), normalised to [0, 1]."""
+    h, w = int(hw[0]), int(hw[1])
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    f = min(1.0, DENSITY_MAX_SIDE / max(h, w))
+    gh, gw = max(1, round(h * f)), max(1, round(w * f))
+    fy, fx = gh / h, gw / w
+    grid_pts = np.stack([(pts[:, 0] + 0.5) * fx - 0.5, (pts[:, 1] + 0.5) * fy - 0.5], axis=1)
+    counts = splat(grid_pts, gh, gw)
+    blurred = gaussian_blur(counts, sigma * float(np.sqrt(fx * fy)))
+    return normalise(resize_map(blurred, (h, w)))
+
+
+def fixation_box(points: np.ndarray, hw: tuple[int, int], min_fraction: float = 0.05,
+                 radius_fraction: float = 0.10) -> list[float] | None:
+    """Outlier removal + tightest box, as [x0, y0, x1, y1] in the points' pixel frame; None without points."""
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    if len(pts) == 0:
+        return None
+    radius = radius_fraction * float(np.hypot(hw[0], hw[1]))
+    counts = neighbour_counts(pts, radius)
+    keep = pts[counts >= min_fraction * len(pts)]
+    if len(keep) == 0:
+        keep = pts
+    return [float(keep[:, 0].min()), float(keep[:, 1].min()), float(keep[:, 0].max()), float(keep[:, 1].max())]
+
+
+def _components(mask: np.ndarray) -> np.ndarray:
+    """8-connected component labels (0 = background) by union-find over runs; pure numpy/python."""
+    h, w = mask.shape
+    labels = np.zeros((h, w), np.int64)
+    parent = [0]
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    nxt = 1
+    for y in range(h):
+        row = mask[y]
+        for x in np.flatnonzero(row):
+            neigh = []
+            if x > 0 and labels[y, x - 1]:
+                neigh.append(labels[y, x - 1])
+            if y > 0:
+                for dx in (-1, 0, 1):
+                    xx = x + dx
+                    if 0 <= xx < w and labels[y - 1, xx]:
+                        neigh.append(labels[y - 1, xx])
+            if not neigh:
+                parent.append(nxt)
+                labels[y, x] = nxt
+                nxt += 1
+            else:
+                roots = [find(int(n)) for n in neigh]
+                r = min(roots)
+                labels[y, x] = r
+                for q in roots:
+                    parent[q] = r
+    if nxt > 1:
+        roots = np.array([find(i) for i in range(nxt)])
+        labels = roots[labels]
+    return labels
+
+
+def heatmap_box(heatmap: np.ndarray, threshold: float = 0.15, max_side: int = 256) -> list[float] | None:
+    """Box around the largest connected component of ``heatmap >= threshold·max`` in the map's pixel frame."""
+    m = np.asarray(heatmap, np.float32)
+    if m.size == 0 or float(m.max()) <= 0:
+        return None
+    h, w = m.shape
+    f = min(1.0, max_side / max(h, w))
+    small = resize_map(m, (max(1, round(h * f)), max(1, round(w * f)))) if f < 1 else m
+    mask = small >= threshold * float(small.max())
+    lab = _components(mask)
+    if lab.max() == 0:
+        return None
+    sizes = np.bincount(lab.reshape(-1))
+    sizes[0] = 0
+    ys, xs = np.nonzero(lab == int(np.argmax(sizes)))
+    sy, sx = h / small.shape[0], w / small.shape[1]
+    return [float(xs.min() * sx), float(ys.min() * sy), float((xs.max() + 1) * sx - 1), float((ys.max() + 1) * sy - 1)]

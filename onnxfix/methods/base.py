@@ -1,0 +1,66 @@
+"""What every method is: a tiny subclass of :class:`Method` registered by name (pytorch-grad-cam's layout).
+
+A method declares which tensors its forward pass must expose, then turns (model, input, activations, target)
+into a :class:`Result` at the model's own resolution: raw ``attribution`` numbers, plus either input-plane
+``points`` (fixations) or a 2-D ``map``. :mod:`onnxfix.api` turns that into a user-facing explanation on the
+user's image pixels; methods never see the user's image frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from onnxfix.model import Model, Target
+
+
+@dataclass
+class Result:
+    attribution: np.ndarray
+    points: np.ndarray | None = None  # (N, 2) x, y in model-input pixels
+    map: np.ndarray | None = None  # 2-D map (any resolution covering the input plane)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base class; subclasses set ``name``/``summary`` and implement ``explain``."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    engine: ClassVar[str] = "forward"  # "fixations", "autodiff" or "forward"
+
+    def applies(self, model: Model) -> str | None:
+        """``None`` when the method can explain ``model``, else the reason it cannot."""
+        return None
+
+    def forward_tensors(self, model: Model) -> list[str]:
+        """Tensors the forward pass must expose for :meth:`explain` (besides the outputs)."""
+        return [model.head.logits]
+
+    def explain(self, model: Model, x: np.ndarray, values: dict[str, np.ndarray], target: Target,
+                **options: Any) -> Result:
+        raise NotImplementedError
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: file an instance under ``cls.name``."""
+    METHODS[cls.name] = cls()
+    return cls
+
+
+def input_points(model: Model, coords: np.ndarray) -> np.ndarray:
+    """Unique (x, y) model-input pixels of index rows into the image input tensor (NCHW or NHWC)."""
+    shape = model.input_shape
+    nhwc = len(shape) == 4 and shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4)
+    if model.metadata.get("onnxfix.layout") in ("nchw", "nhwc"):
+        nhwc = model.metadata["onnxfix.layout"] == "nhwc"
+    if coords.size == 0:
+        return np.zeros((0, 2), np.float64)
+    ys, xs = (coords[:, 1], coords[:, 2]) if nhwc else (coords[:, 2], coords[:, 3])
+    xy = np.unique(np.stack([xs, ys], axis=1), axis=0)
+    return xy.astype(np.float64)

@@ -1,0 +1,327 @@
+"""Kernels vs slow references: exact agreement (indices and tie-breaking) on many random cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnxfix.kernels as kernels
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnxfix.kernels import (
+    conv_backtrack,
+    fc_positive,
+    gaussian_blur,
+    neighbour_counts,
+    pool_argmax,
+    splat,
+    window_positive,
+)
+
+try:  # tests/ may or may not be a package
+    from . import kernel_reference as ref
+except ImportError:
+    import kernel_reference as ref
+
+
+def _values(rng: np.random.Generator, shape, mode: int) -> np.ndarray:
+    """Random float32 array; most modes are integer-valued so that ties really happen."""
+    if mode == 0:
+        v = rng.integers(-2, 3, size=shape)
+    elif mode == 1:
+        v = rng.integers(0, 2, size=shape)  # zeros and ones: many exact ties
+    elif mode == 2:
+        v = -rng.integers(1, 4, size=shape)  # all negative
+    elif mode == 3:
+        v = np.zeros(shape)
+    elif mode == 4:  # mixed magnitudes: float64 summation order matters
+        v = rng.standard_normal(shape) * 10.0 ** rng.integers(-4, 5, size=shape)
+    else:
+        v = rng.standard_normal(shape)
+    return np.asarray(v, dtype=np.float32)
+
+
+def _out_size(n: int, k: int, s: int, p0: int, p1: int, d: int) -> int:
+    return max(0, (n + p0 + p1 - d * (k - 1) - 1) // s + 1)
+
+
+def _random_geometry(rng: np.random.Generator):
+    kh, kw = (int(v) for v in rng.integers(1, 5, 2))
+    sh, sw = (int(v) for v in rng.integers(1, 4, 2))
+    dh, dw = (int(v) for v in rng.integers(1, 4, 2))
+    pt, pl, pb, pr = (int(v) for v in rng.integers(0, 4, 4))
+    h, w = (int(v) for v in rng.integers(1, 9, 2))
+    oh = _out_size(h, kh, sh, pt, pb, dh)
+    ow = _out_size(w, kw, sw, pl, pr, dw)
+    return (kh, kw), (sh, sw), (pt, pl), (dh, dw), (h, w), (oh, ow)
+
+
+def _random_locs(rng: np.random.Generator, n_chan: int, oh: int, ow: int, k: int) -> np.ndarray:
+    # mostly in-range locations, some beyond the output (windows partly/fully outside the input)
+    oy = rng.integers(-1, oh + 2, k)
+    ox = rng.integers(-1, ow + 2, k)
+    return np.stack([rng.integers(0, n_chan, k), oy, ox], axis=1).astype(np.int64)
+
+
+def test_exports() -> None:
+    assert sorted(kernels.__all__) == sorted(
+        [
+            "conv_backtrack",
+            "pool_argmax",
+            "window_positive",
+            "fc_positive",
+            "splat",
+            "gaussian_blur",
+            "neighbour_counts",
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------------- conv
+
+
+def test_conv_backtrack_hand_example() -> None:
+    x = np.array(
+        [
+            [[1, 2, 0], [0, 3, 1], [2, 0, 1]],
+            [[0, 1, 1], [1, 0, 4], [0, 0, 0]],
+        ],
+        dtype=np.float32,
+    )
+    w = np.ones((1, 2, 2, 2), dtype=np.float32)
+    w[0, 1] = -1.0
+    locs = np.array([[0, 0, 0], [0, 1, 1], [0, 0, 1]])
+    got = conv_backtrack(x, w, locs, (1, 1), (0, 0), (1, 1), 1)
+    # (0,0): channel sums 6 vs -2 -> ch0, max of [1,2,0,3] at (1,1)
+    # (1,1): sums 5 vs -4 -> ch0, [3,1,0,1] -> (1,1)
+    # (0,1): sums 6 vs -6 -> ch0, [2,0,3,1] -> (1,1)
+    np.testing.assert_array_equal(got, [[0, 1, 1], [0, 1, 1], [0, 1, 1]])
+    np.testing.assert_array_equal(got, ref.conv_backtrack_ref(x, w, locs, (1, 1), (0, 0), (1, 1), 1))
+
+
+def test_conv_backtrack_ties_and_padding() -> None:
+    x = np.zeros((3, 4, 4), dtype=np.float32)
+    w = np.ones((2, 3, 3, 3), dtype=np.float32)
+    # all contributions 0: first channel, first *valid* window position (top-left is padding)
+    got = conv_backtrack(x, w, np.array([[0, 0, 0], [1, 3, 3]]), (1, 1), (1, 1), (1, 1), 1)
+    np.testing.assert_array_equal(got, [[0, 0, 0], [0, 2, 2]])
+    # all valid contributions negative: padding (contribution 0 in a real conv) still never wins
+    x = np.ones((1, 2, 2), dtype=np.float32)
+    w = -np.arange(1, 10, dtype=np.float32).reshape(1, 1, 3, 3)
+    got = conv_backtrack(x, w, np.array([[0, 0, 0]]), (1, 1), (1, 1), (1, 1), 1)
+    np.testing.assert_array_equal(got, [[0, 0, 0]])  # w[1,1] = -5 is the largest valid contribution
+    # window completely outside the input
+    got = conv_backtrack(x, w, np.array([[0, 5, 0], [0, -3, 0]]), (1, 1), (1, 1), (1, 1), 1)
+    np.testing.assert_array_equal(got, [[-1, -1, -1], [-1, -1, -1]])
+
+
+def test_conv_backtrack_random() -> None:
+    rng = np.random.default_rng(1234)
+    for case in range(300):
+        kernel, strides, pads, dilations, (h, w), (oh, ow) = _random_geometry(rng)
+        kind = case % 4
+        if kind == 0:  # depthwise (optionally with a channel multiplier)
+            group = int(rng.integers(1, 5))
+            cin_g, cout_g = 1, int(rng.integers(1, 3))
+        elif kind == 1:
+            group, cin_g, cout_g = 1, int(rng.integers(1, 6)), int(rng.integers(1, 4))
+        else:
+            group, cin_g, cout_g = int(rng.integers(2, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 3))
+        if case % 10 == 0:
+            kernel = (1, 1)
+        c_in, c_out = group * cin_g, group * cout_g
+        x = _values(rng, (c_in, h, w), int(rng.integers(0, 6)))
+        wt = _values(rng, (c_out, cin_g) + kernel, int(rng.integers(0, 6)))
+        locs = _random_locs(rng, c_out, oh, ow, int(rng.integers(0, 25)))
+        got = conv_backtrack(x, wt, locs, strides, pads, dilations, group)
+        exp = ref.conv_backtrack_ref(x, wt, locs, strides, pads, dilations, group)
+        assert got.dtype == np.int64 and got.shape == (len(locs), 3)
+        np.testing.assert_array_equal(got, exp, err_msg=f"case {case}")
+
+
+def test_conv_backtrack_wide_channels() -> None:
+    # many channels with mixed magnitudes: channel sums depend on the accumulation order
+    rng = np.random.default_rng(7)
+    for mode in (0, 1, 4, 5):
+        x = _values(rng, (96, 9, 9), mode)
+        w = _values(rng, (8, 48, 3, 3), mode)
+        locs = _random_locs(rng, 8, 9, 9, 150)
+        got = conv_backtrack(x, w, locs, (1, 1), (1, 1), (2, 1), 2)
+        np.testing.assert_array_equal(got, ref.conv_backtrack_ref(x, w, locs, (1, 1), (1, 1), (2, 1), 2))
+
+
+def test_conv_backtrack_validation() -> None:
+    x = np.zeros((4, 5, 5), dtype=np.float32)
+    w = np.zeros((4, 2, 3, 3), dtype=np.float32)
+    with pytest.raises(ValueError):
+        conv_backtrack(x, w, np.array([[4, 0, 0]]), (1, 1), (0, 0), (1, 1), 2)
+    with pytest.raises(ValueError):
+        conv_backtrack(x, w, np.array([[0, 0, 0]]), (1, 1), (0, 0), (1, 1), 1)
+    with pytest.raises(ValueError):
+        conv_backtrack(x, w, np.array([[0, 0, 0]]), (0, 1), (0, 0), (1, 1), 2)
+    empty = conv_backtrack(x, w, np.zeros((0, 3), dtype=np.int64), (1, 1), (0, 0), (1, 1), 2)
+    assert empty.shape == (0, 3) and empty.dtype == np.int64
+
+
+# --------------------------------------------------------------------------------------------- pool
+
+
+def test_pool_and_window_positive_random() -> None:
+    rng = np.random.default_rng(99)
+    for case in range(300):
+        kernel, strides, pads, dilations, (h, w), (oh, ow) = _random_geometry(rng)
+        c = int(rng.integers(1, 4))
+        x = _values(rng, (c, h, w), int(rng.integers(0, 6)))
+        locs = _random_locs(rng, c, oh, ow, int(rng.integers(0, 25)))
+        got = pool_argmax(x, locs, kernel, strides, pads, dilations)
+        exp = ref.pool_argmax_ref(x, locs, kernel, strides, pads, dilations)
+        assert got.dtype == np.int64 and got.shape == (len(locs), 3)
+        np.testing.assert_array_equal(got, exp, err_msg=f"pool case {case}")
+        got = window_positive(x, locs, kernel, strides, pads, dilations)
+        exp = ref.window_positive_ref(x, locs, kernel, strides, pads, dilations)
+        assert got.dtype == np.int64 and got.shape[1] == 3
+        np.testing.assert_array_equal(got, exp, err_msg=f"window case {case}")
+
+
+def test_pool_argmax_edge_cases() -> None:
+    x = -np.arange(1, 10, dtype=np.float32).reshape(1, 3, 3)
+    # padded positions never win even though every valid value is negative
+    got = pool_argmax(x, np.array([[0, 0, 0], [0, 2, 2], [0, 9, 9]]), (3, 3), (1, 1), (1, 1), (1, 1))
+    np.testing.assert_array_equal(got, [[0, 0, 0], [0, 1, 1], [-1, -1, -1]])
+    # ties: first row-major; NaN behaves as in np.argmax (first NaN wins)
+    x = np.array([[[1, 3, 3], [3, np.nan, np.nan], [0, 0, 0]]], dtype=np.float32)
+    got = pool_argmax(x, np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0]]), (2, 2), (1, 1), (0, 0), (1, 1))
+    np.testing.assert_array_equal(got, [[0, 1, 1], [0, 1, 1], [0, 1, 1]])
+    got = pool_argmax(x, np.array([[0, 0, 0]]), (1, 3), (1, 1), (0, 0), (1, 1))
+    np.testing.assert_array_equal(got, [[0, 0, 1]])
+    x = np.array([[[np.nan, 1.0], [2.0, 3.0]]], dtype=np.float32)
+    locs = np.array([[0, 0, 0]])
+    np.testing.assert_array_equal(
+        pool_argmax(x, locs, (2, 2), (1, 1), (0, 0), (1, 1)),
+        ref.pool_argmax_ref(x, locs, (2, 2), (1, 1), (0, 0), (1, 1)),
+    )
+
+
+def test_window_positive_order_and_duplicates() -> None:
+    x = np.array([[[1, 0, 2], [-1, 3, 0], [0, 0, 4]]], dtype=np.float32)
+    locs = np.array([[0, 1, 1], [0, 0, 0]])
+    got = window_positive(x, locs, (2, 2), (1, 1), (0, 0), (1, 1))
+    np.testing.assert_array_equal(got, [[0, 1, 1], [0, 2, 2], [0, 0, 0], [0, 1, 1]])
+    empty = window_positive(-np.abs(x), locs, (2, 2), (1, 1), (0, 0), (1, 1))
+    assert empty.shape == (0, 3) and empty.dtype == np.int64
+
+
+# ----------------------------------------------------------------------------------------------- fc
+
+
+def test_fc_positive_random() -> None:
+    rng = np.random.default_rng(5)
+    for case in range(150):
+        m, k, n = (int(v) for v in rng.integers(1, 9, 3))
+        a = _values(rng, (m, k), int(rng.integers(0, 6)))
+        b = _values(rng, (k, n), int(rng.integers(0, 6)))
+        locs = np.stack([rng.integers(0, m, 6), rng.integers(0, n, 6)], 1)[: int(rng.integers(0, 7))]
+        got_a, got_b = fc_positive(a, b, locs)
+        exp_a, exp_b = ref.fc_positive_ref(a, b, locs)
+        assert got_a.dtype == np.bool_ and got_b.dtype == np.bool_
+        np.testing.assert_array_equal(got_a, exp_a, err_msg=f"case {case}")
+        np.testing.assert_array_equal(got_b, exp_b, err_msg=f"case {case}")
+
+
+def test_fc_positive_hand_example() -> None:
+    a = np.array([[1, -1, 0], [2, 2, -2]], dtype=np.float32)
+    b = np.array([[1, -1], [-1, -1], [5, -3]], dtype=np.float32)
+    mask_a, mask_b = fc_positive(a, b, np.array([[0, 1], [1, 1]]))
+    np.testing.assert_array_equal(mask_a, [[False, True, False], [False, False, True]])
+    np.testing.assert_array_equal(mask_b, [[False, False], [False, True], [False, True]])
+
+
+# ------------------------------------------------------------------------------------------ density
+
+
+def test_splat() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(50):
+        h, w = (int(v) for v in rng.integers(1, 12, 2))
+        pts = rng.uniform(-2, max(h, w) + 2, (int(rng.integers(0, 60)), 2))
+        pts[::3] = np.round(pts[::3] * 2) / 2  # exact .5 boundaries
+        got = splat(pts, h, w)
+        assert got.dtype == np.float32 and got.shape == (h, w)
+        np.testing.assert_array_equal(got, ref.splat_ref(pts, h, w))
+    pts = np.array([[-0.5, -0.5], [1.49, 2.5], [np.nan, 0], [0, np.inf], [2.5, 0], [0.2, -0.2], [0.2, 0.2]])
+    expected = np.zeros((3, 3), dtype=np.float32)
+    expected[0, 0] = 3
+    np.testing.assert_array_equal(splat(pts, 3, 3), expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    h=st.integers(1, 25),
+    w=st.integers(1, 25),
+    sigma=st.floats(-1.0, 12.0, allow_nan=False),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_gaussian_blur(h: int, w: int, sigma: float, seed: int) -> None:
+    img = np.random.default_rng(seed).random((h, w)).astype(np.float32)
+    got = gaussian_blur(img, sigma)
+    assert got.dtype == np.float32 and got.shape == (h, w)
+    np.testing.assert_allclose(got, ref.gaussian_blur_ref(img, sigma), rtol=1e-5, atol=1e-6)
+
+
+def test_gaussian_blur_properties() -> None:
+    img = np.zeros((41, 41), dtype=np.float32)
+    img[20, 20] = 1.0
+    out = gaussian_blur(img, 2.0)
+    assert math.isclose(float(out.sum()), 1.0, rel_tol=1e-5)  # mass preserved away from the border
+    np.testing.assert_allclose(out, out.T, atol=1e-9)
+    copy = gaussian_blur(img, 0.0)
+    assert copy is not img and np.array_equal(copy, img)
+
+
+def test_neighbour_counts_random() -> None:
+    rng = np.random.default_rng(3)
+    for case in range(60):
+        n = int(rng.integers(1, 120))
+        if case % 3 == 0:  # integer grid: exact distance ties at the radius
+            pts = rng.integers(0, 12, (n, 2)).astype(np.float64)
+            radius = float(rng.integers(0, 5))
+        elif case % 3 == 1:
+            pts = rng.uniform(-50, 50, (n, 2)) * 10.0 ** rng.integers(-3, 4)
+            radius = float(rng.uniform(0, 30)) * 10.0 ** rng.integers(-3, 4)
+        else:
+            pts = rng.normal(size=(n, 2))
+            radius = -float(rng.uniform(0, 1))  # only radius**2 matters
+        got = neighbour_counts(pts, radius)
+        assert got.dtype == np.int64 and got.shape == (n,)
+        np.testing.assert_array_equal(got, ref.neighbour_counts_ref(pts, radius), err_msg=f"case {case}")
+
+
+def test_neighbour_counts_edge_cases() -> None:
+    pts = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0], [1e12, -1e12]])
+    np.testing.assert_array_equal(neighbour_counts(pts, 5.0), [3, 3, 3, 1])
+    np.testing.assert_array_equal(neighbour_counts(pts, 0.0), [2, 1, 2, 1])
+    np.testing.assert_array_equal(neighbour_counts(pts, 1e13), [4, 4, 4, 4])
+    assert neighbour_counts(np.zeros((0, 2)), 1.0).shape == (0,)
+    huge = np.array([[-1e308, 0.0], [1e308, 0.0], [1e308, 1.0]])
+    np.testing.assert_array_equal(neighbour_counts(huge, 2.0), ref.neighbour_counts_ref(huge, 2.0))
+    with pytest.raises(ValueError):
+        neighbour_counts(np.array([[np.nan, 0.0]]), 1.0)
+
+
+# ------------------------------------------------------------------------------------------- sanity
+
+
+def test_conv_backtrack_realistic_size() -> None:
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.standard_normal((64, 56, 56)), 0).astype(np.float32)
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    k = 20000
+    locs = np.stack([rng.integers(0, 64, k), rng.integers(0, 56, k), rng.integers(0, 56, k)], 1)
+    got = conv_backtrack(x, w, locs, (1, 1), (1, 1), (1, 1), 1)
+    assert got.shape == (k, 3)
+    assert (got[:, 0] >= 0).all() and (got[:, 0] < 64).all()
+    assert (np.abs(got[:, 1:] - locs[:, 1:]) <= 1).all()
+    sub = slice(0, k, 400)
+    exp = ref.conv_backtrack_ref(x, w, locs[sub], (1, 1), (1, 1), (1, 1), 1)
+    np.testing.assert_array_equal(got[sub], exp)
