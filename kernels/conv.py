@@ -37,7 +37,7 @@ def _threads_for(work: int) -> Iterator[None]:
         numba.set_num_threads(previous)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _valid_range(base: int, k: int, d: int, n: int) -> tuple[int, int]:
     """Half-open range ``[lo, hi)`` of kernel offsets ``t`` with ``0 <= base + t*d < n`` (``d >= 1``)."""
     if base >= 0:
@@ -56,7 +56,7 @@ def _valid_range(base: int, k: int, d: int, n: int) -> tuple[int, int]:
     return lo, hi
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _better(v: float, best: float, found: bool) -> bool:
     """``np.argmax`` semantics for a streamed maximum: first maximum wins, the first NaN beats all."""
     if not found:

@@ -61,12 +61,15 @@ def _blur_rows(img, weights, radius):  # pragma: no cover - jitted
     out = np.zeros((h, w), dtype=np.float64)
     rx = min(radius, w - 1)
     for i in numba.prange(h):
-        src = img[i]
-        dst = out[i]
         for t in range(-rx, rx + 1):
             wt = weights[t + radius]
-            for j in range(max(0, -t), min(w, w - t)):
-                dst[j] += wt * src[j + t]
+            j0 = max(0, -t)
+            n = min(w, w - t) - j0
+            # views + a loop from 0 let LLVM drop the negative-index checks and vectorise
+            dst = out[i, j0 : j0 + n]
+            src = img[i, j0 + t : j0 + t + n]
+            for j in range(n):
+                dst[j] += wt * src[j]
     return out
 
 
@@ -110,7 +113,7 @@ def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return cols.T.astype(np.float32, order="C")
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _bsearch(a, v, right):  # pragma: no cover - jitted
     """First index with ``a[i] >= v`` (``right=False``) or ``a[i] > v`` (``right=True``)."""
     lo = 0
@@ -136,9 +139,11 @@ def _neighbour_kernel(keys, skeys, sx, sy, xs, ys, stride, r2):  # pragma: no co
             k = keys[i] + dc * stride
             lo = _bsearch(skeys, k - 1, False)
             hi = _bsearch(skeys, k + 1, True)
-            for j in range(lo, hi):
-                dx = px - sx[j]
-                dy = py - sy[j]
+            cx = sx[lo:hi]
+            cy = sy[lo:hi]
+            for j in range(hi - lo):
+                dx = px - cx[j]
+                dy = py - cy[j]
                 if dx * dx + dy * dy <= r2:
                     cnt += 1
         counts[i] = cnt

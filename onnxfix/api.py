@@ -82,8 +82,8 @@ class Explainer:
         The ONNX model (loaded safely: external data must stay inside the model's folder).
     provider : {"cpu", "cuda"}
         ONNX Runtime execution provider; "cuda" falls back to the CPU with a message when unavailable.
-    labels : str, optional
-        A labels file (one name per line, or JSON); default: model metadata, ``<model>.labels.txt``, ImageNet.
+    labels : str or list of str, optional
+        A labels file (one name per line, or JSON) or the names themselves; default: model metadata, ``<model>.labels.txt``, ImageNet.
     output : str, optional
         The model output to explain (default: the first floating-point output).
     preprocess : dict, optional
@@ -92,7 +92,7 @@ class Explainer:
     """
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, provider: str = "cpu",
-                 labels: str | None = None, output: str | None = None, preprocess: dict | None = None,
+                 labels: str | list[str] | None = None, output: str | None = None, preprocess: dict | None = None,
                  threads: int | None = None):
         self.model = Model(model, provider=provider, output=output, labels_file=labels, threads=threads)
         self._pre_overrides = dict(preprocess or {})
@@ -164,8 +164,9 @@ class Explainer:
         image_hw = frame.image_hw
         if res.points is not None:
             pts = frame.to_image(res.points)
-            heat = maps.density(pts, image_hw, maps.fixation_sigma(frame.input_hw, image_hw))
-            box = maps.fixation_box(pts, image_hw)
+            inl = pts[maps.fixation_inliers(pts, image_hw)]
+            heat = maps.density(inl, image_hw, maps.fixation_sigma(frame.input_hw, image_hw))
+            box = maps.fixation_box(inl, image_hw, min_fraction=0.0)
         else:
             pts = None
             heat = maps.normalise(maps.resize_map(res.map, image_hw)) if res.map is not None else np.zeros(

@@ -296,6 +296,7 @@ class Graph:
         for o in self.outputs:
             if o not in produced and o not in self.inputs and o not in self.constants:
                 raise InputError(f"graph output {o!r} is produced by no node")
+        self._between_cache: dict[tuple, tuple[Node, ...]] = {}
         self.nx = self._build_nx()
         try:
             order = [n for n in nx.topological_sort(self.nx) if n[0] == "op"]
@@ -357,7 +358,11 @@ class Graph:
         """Nodes on some data path from any of ``sources`` (tensors) to ``target`` (tensor), topological order.
 
         Paths through ``Shape``/``Size`` carry no values of the sources, only their shapes, so they are not
-        followed unless ``through_shape``."""
+        followed unless ``through_shape``. Results are cached (the graph never changes)."""
+        key = (tuple(sources), target, through_shape)
+        hit = self._between_cache.get(key)
+        if hit is not None:
+            return list(hit)
         down: set = set()
         stack = [("tensor", s) for s in sources if ("tensor", s) in self.nx]
         while stack:
@@ -371,7 +376,9 @@ class Graph:
                 stack.append(w)
         up = nx.ancestors(self.nx, ("tensor", target)) if ("tensor", target) in self.nx else set()
         keep = {n[1] for n in down & up if n[0] == "op"}
-        return [n for n in self.nodes if n.name in keep]
+        result = [n for n in self.nodes if n.name in keep]
+        self._between_cache[key] = tuple(result)
+        return list(result)
 
     # -- attribute normalisation --------------------------------------------------------------------------------
     def _const(self, node: Node, idx: int) -> np.ndarray | None:

@@ -4,7 +4,8 @@
   of model input (the CNN-Fixations authors' setting), scaled to the image. For speed the density is computed on
   a grid of at most ``DENSITY_MAX_SIDE`` pixels and resized (bilinear) to the image.
 * **Fixation box**: drop points that have fewer than 5% of all points within 10% of the image diagonal, then the
-  tightest box around the rest (all points if that drops everything).
+  tightest box around the rest (all points if that drops everything). The density is made from the same inliers,
+  as in the authors' code (``heatmap(img, selPoints)``).
 * **Heatmap box** (Grad-CAM §4): threshold at 15% of the maximum, box around the largest 8-connected component.
 """
 
@@ -56,17 +57,25 @@ def density(points: np.ndarray, hw: tuple[int, int], sigma: float) -> np.ndarray
     return normalise(resize_map(blurred, (h, w)))
 
 
+def fixation_inliers(points: np.ndarray, hw: tuple[int, int], min_fraction: float = 0.05,
+                     radius_fraction: float = 0.10) -> np.ndarray:
+    """Boolean mask of the points that have at least ``min_fraction`` of all points within ``radius_fraction`` of
+    the image diagonal (the authors' ``out_rem``); all True if that would drop every point."""
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    if len(pts) == 0:
+        return np.zeros(0, bool)
+    radius = radius_fraction * float(np.hypot(hw[0], hw[1]))
+    keep = neighbour_counts(pts, radius) >= min_fraction * len(pts)
+    return keep if keep.any() else np.ones(len(pts), bool)
+
+
 def fixation_box(points: np.ndarray, hw: tuple[int, int], min_fraction: float = 0.05,
                  radius_fraction: float = 0.10) -> list[float] | None:
     """Outlier removal + tightest box, as [x0, y0, x1, y1] in the points' pixel frame; None without points."""
     pts = np.asarray(points, np.float64).reshape(-1, 2)
     if len(pts) == 0:
         return None
-    radius = radius_fraction * float(np.hypot(hw[0], hw[1]))
-    counts = neighbour_counts(pts, radius)
-    keep = pts[counts >= min_fraction * len(pts)]
-    if len(keep) == 0:
-        keep = pts
+    keep = pts[fixation_inliers(pts, hw, min_fraction, radius_fraction)]
     return [float(keep[:, 0].min()), float(keep[:, 1].min()), float(keep[:, 0].max()), float(keep[:, 1].max())]
 
 

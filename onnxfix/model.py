@@ -63,7 +63,7 @@ class Model:
     """Load and analyse once; :class:`~onnxfix.api.Explainer` and the methods share it."""
 
     def __init__(self, source: str | Path | onnx.ModelProto, provider: str = "cpu", output: str | None = None,
-                 labels_file: str | None = None, threads: int | None = None):
+                 labels_file: str | list[str] | None = None, threads: int | None = None):
         if isinstance(source, onnx.ModelProto):
             proto, self.path = source, None
         else:

@@ -4,6 +4,11 @@ Nothing here is shared with ``onnxfix.fixations``: every rule is a plain python 
 locations and the terms of the op, reading numpy arrays. Locations are python sets of full-index tuples (batch
 axis included). Ties always go to the first candidate in the order named in each rule. :func:`trace_ref` walks
 an ONNX ModelProto backwards from a tensor to the image input with these rules.
+
+Two choices follow the authors' code, as ``onnxfix/fixations/rules.py`` documents them (DESIGN §3 leaves them open):
+an fc layer that reads a flattened feature map with spatial extent ("fc on conv") keeps only the argmax term per
+selected output, and global pooling keeps the argmax position of each selected slice (``GLOBAL_POSITIVE = True``
+switches to DESIGN's other reading: every positive position, the argmax where none is).
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 Locs = set[tuple[int, ...]]
+
+#: global pooling: every positive position of the slice (True) or its argmax position (False, the authors' code)
+GLOBAL_POSITIVE = False
 
 
 def _tuples(rows: Iterable) -> list[tuple[int, ...]]:
@@ -43,23 +51,28 @@ def _broadcast_index(out_idx: tuple[int, ...], in_shape: tuple[int, ...]) -> tup
 
 
 def gemm_ref(a: np.ndarray, b: np.ndarray, locs: Iterable, trans_a: int = 0, trans_b: int = 0,
-             alpha: float = 1.0) -> tuple[Locs, Locs]:
-    """Y[m, n] = alpha · Σ_k A'[m, k] B'[k, n]: every (A, B) entry whose product term is > 0."""
+             alpha: float = 1.0, argmax: bool = False) -> tuple[Locs, Locs]:
+    """Y[m, n] = alpha · Σ_k A'[m, k] B'[k, n]: every (A, B) entry whose product term is > 0 (fc ← fc), or with
+    ``argmax`` only the first k with the largest term (fc ← conv)."""
     la: Locs = set()
     lb: Locs = set()
     k_dim = a.shape[0] if trans_a else a.shape[1]
     for m, n in _tuples(locs):
+        terms = []
         for k in range(k_dim):
             ia = (k, m) if trans_a else (m, k)
             ib = (n, k) if trans_b else (k, n)
-            if float(alpha) * float(a[ia]) * float(b[ib]) > 0:
-                la.add(ia)
-                lb.add(ib)
+            terms.append((float(alpha) * float(a[ia]) * float(b[ib]), ia, ib))
+        chosen = [terms[_first_argmax([t[0] for t in terms])]] if argmax else [t for t in terms if t[0] > 0]
+        for _, ia, ib in chosen:
+            la.add(ia)
+            lb.add(ib)
     return la, lb
 
 
-def matmul_ref(a: np.ndarray, b: np.ndarray, locs: Iterable) -> tuple[Locs, Locs]:
-    """numpy matmul semantics (1-D operands promoted, batch dims broadcast); positive product terms."""
+def matmul_ref(a: np.ndarray, b: np.ndarray, locs: Iterable, argmax: bool = False) -> tuple[Locs, Locs]:
+    """numpy matmul semantics (1-D operands promoted, batch dims broadcast); positive product terms, or the first
+    largest one with ``argmax``."""
     a_vec, b_vec = a.ndim == 1, b.ndim == 1
     a2 = a.reshape(1, -1) if a_vec else a
     b2 = b.reshape(-1, 1) if b_vec else b
@@ -74,11 +87,13 @@ def matmul_ref(a: np.ndarray, b: np.ndarray, locs: Iterable) -> tuple[Locs, Locs
         batch, m, n = tuple(full[:-2]), full[-2], full[-1]
         ba = _broadcast_index(batch, a2.shape[:-2])
         bb = _broadcast_index(batch, b2.shape[:-2])
-        for k in range(a2.shape[-1]):
-            ia, ib = ba + (m, k), bb + (k, n)
-            if float(a2[ia]) * float(b2[ib]) > 0:
-                la.add((k,) if a_vec else ia)
-                lb.add((k,) if b_vec else ib)
+        terms = [(float(a2[ba + (m, k)]) * float(b2[bb + (k, n)]), k) for k in range(a2.shape[-1])]
+        if argmax:
+            terms = [terms[_first_argmax([t[0] for t in terms])]]
+        for v, k in terms:
+            if argmax or v > 0:
+                la.add((k,) if a_vec else ba + (m, k))
+                lb.add((k,) if b_vec else bb + (k, n))
     return la, lb
 
 
@@ -149,9 +164,9 @@ def window_argmax_ref(x: np.ndarray, locs: Iterable, kernel, strides, begins, di
     return res
 
 
-def positive_over_ref(x: np.ndarray, locs: Iterable, axes: list[int], keepdims: int = 1) -> Locs:
-    """Global pooling over ``axes``: every position of the pooled slice with x > 0, the first row-major
-    argmax of the slice where none is positive."""
+def global_pool_ref(x: np.ndarray, locs: Iterable, axes: list[int], keepdims: int = 1) -> Locs:
+    """Global pooling over ``axes``: the first row-major argmax of the pooled slice (with ``GLOBAL_POSITIVE``:
+    every position of the slice with x > 0, the argmax where none is positive)."""
     axes = sorted(a % x.ndim for a in axes)
     res: Locs = set()
     for loc in _tuples(locs):
@@ -165,7 +180,7 @@ def positive_over_ref(x: np.ndarray, locs: Iterable, axes: list[int], keepdims: 
             for a, p in zip(axes, pos, strict=True):
                 idx[a] = p
             slice_idx.append(tuple(idx))
-        pos_idx = [i for i in slice_idx if float(x[i]) > 0]
+        pos_idx = [i for i in slice_idx if float(x[i]) > 0] if GLOBAL_POSITIVE else []
         if pos_idx:
             res.update(pos_idx)
         else:
@@ -174,13 +189,13 @@ def positive_over_ref(x: np.ndarray, locs: Iterable, axes: list[int], keepdims: 
 
 
 def avgpool_ref(x: np.ndarray, y_shape, locs: Iterable, kernel, strides, begins) -> Locs:
-    """Global (one output whose window covers the whole input) → positive positions; local → window argmax."""
+    """Global (one output whose window covers the whole input) → as global pooling; local → window argmax."""
     in_sp = x.shape[2:]
     covers = all(d == 1 for d in y_shape[2:]) and all(
         -begins[i] <= 0 and -begins[i] + kernel[i] - 1 >= in_sp[i] - 1 for i in range(len(in_sp)))
     if covers:
         zeroed = [loc[:2] + (0,) * len(in_sp) for loc in _tuples(locs)]
-        return positive_over_ref(x, zeroed, list(range(2, x.ndim)))
+        return global_pool_ref(x, zeroed, list(range(2, x.ndim)))
     return window_argmax_ref(x, locs, kernel, strides, begins, [1] * len(in_sp))
 
 
@@ -391,9 +406,23 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return out
 
 
+REORDER = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout", "Cast"}
+
+
+def feature_map_view(producers: dict[str, onnx.NodeProto], value: Callable[[str], np.ndarray], name: str) -> bool:
+    """Whether tensor ``name`` is a reshaped/activated view of a tensor with two or more non-batch axes > 1."""
+    node = producers.get(name)
+    while node is not None and (node.op_type in REORDER or node.op_type in PASS):
+        name = node.input[0]
+        node = producers.get(name)
+    shape = value(name).shape
+    return len(shape) >= 3 and sum(d > 1 for d in shape[1:]) >= 2
+
+
 def backtrack_ref(node: onnx.NodeProto, value: Callable[[str], np.ndarray], consts: dict[str, np.ndarray],
-                  outs: dict[str, Locs]) -> dict[str, Locs]:
-    """Reference rule for one ONNX node: {data input name: locations}."""
+                  outs: dict[str, Locs], producers: dict[str, onnx.NodeProto] | None = None) -> dict[str, Locs]:
+    """Reference rule for one ONNX node: {data input name: locations}. ``producers`` (tensor → node) tells an fc
+    on a flattened feature map from an fc on a vector."""
     op, a = node.op_type, _attrs(node)
     ins = list(node.input)
 
@@ -445,12 +474,16 @@ def backtrack_ref(node: onnx.NodeProto, value: Callable[[str], np.ndarray], cons
     elif op == "Gather":
         put(ins[0], gather_ref(value(ins[0]).shape, np.asarray(consts[ins[1]]), a.get("axis", 0), locs))
     elif op == "Gemm":
+        on_conv = is_data(ins[0]) and not is_data(ins[1]) and not a.get("transA", 0) and feature_map_view(
+            producers or {}, value, ins[0])
         la, lb = gemm_ref(value(ins[0]), value(ins[1]), locs, a.get("transA", 0), a.get("transB", 0),
-                          a.get("alpha", 1.0))
+                          a.get("alpha", 1.0), argmax=on_conv)
         put(ins[0], la)
         put(ins[1], lb)
     elif op == "MatMul":
-        la, lb = matmul_ref(value(ins[0]), value(ins[1]), locs)
+        on_conv = value(ins[0]).ndim == 2 and is_data(ins[0]) and not is_data(ins[1]) and feature_map_view(
+            producers or {}, value, ins[0])
+        la, lb = matmul_ref(value(ins[0]), value(ins[1]), locs, argmax=on_conv)
         put(ins[0], la)
         put(ins[1], lb)
     elif op in ("Conv", "MaxPool", "AveragePool"):
@@ -467,14 +500,14 @@ def backtrack_ref(node: onnx.NodeProto, value: Callable[[str], np.ndarray], cons
             put(ins[0], window_argmax_ref(x, locs, kernel, strides, begins, dil))
         else:
             put(ins[0], avgpool_ref(x, value(y).shape, locs, kernel, strides, begins))
-    elif op == "GlobalAveragePool":
+    elif op in ("GlobalAveragePool", "GlobalMaxPool"):
         x = value(ins[0])
-        put(ins[0], positive_over_ref(x, locs, list(range(2, x.ndim))))
-    elif op in ("ReduceMean", "ReduceSum"):
+        put(ins[0], global_pool_ref(x, locs, list(range(2, x.ndim))))
+    elif op in ("ReduceMean", "ReduceSum", "ReduceMax"):
         x = value(ins[0])
-        axes = a.get("axes") if op == "ReduceMean" else opt(1)
+        axes = opt(1) if op == "ReduceSum" else a.get("axes")
         axes = list(range(x.ndim)) if axes is None else [int(v) for v in axes]
-        put(ins[0], positive_over_ref(x, locs, axes, a.get("keepdims", 1)))
+        put(ins[0], global_pool_ref(x, locs, axes, a.get("keepdims", 1)))
     elif op == "LSTM":
         ins += [""] * (8 - len(ins))
         outs_ = list(node.output) + [""] * (3 - len(node.output))
@@ -509,6 +542,7 @@ def trace_ref(model: onnx.ModelProto, values: dict[str, np.ndarray], source: str
     def value(name: str) -> np.ndarray:
         return values[name] if name in values else consts[name]
 
+    producers = {o: n for n in model.graph.node for o in n.output if o}
     live = {source}
     for node in model.graph.node:
         if any(i in live for i in node.input):
@@ -518,7 +552,7 @@ def trace_ref(model: onnx.ModelProto, values: dict[str, np.ndarray], source: str
         outs = {o: locs[o] for o in node.output if o and locs.get(o)}
         if not outs:
             continue
-        for name, rows in backtrack_ref(node, value, consts, outs).items():
+        for name, rows in backtrack_ref(node, value, consts, outs, producers).items():
             if name in live:
                 locs.setdefault(name, set()).update(rows)
     return locs

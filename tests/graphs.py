@@ -18,9 +18,10 @@ OPSET = 17
 
 
 def values(rng: np.random.Generator, shape, mode: int | None = None) -> np.ndarray:
-    """A random float32 array; modes 0–2 are integer-valued (many exact ties), 3 is Gaussian."""
+    """A random float32 array; modes 0–2 are integer-valued (many exact ties), 3 is Gaussian, 4 sparse integers
+    (about 70% zeros, so that few terms contribute and rules cannot all agree by saturating)."""
     if mode is None:
-        mode = int(rng.integers(0, 4))
+        mode = int(rng.integers(0, 5))
     shape = tuple(int(s) for s in shape)
     if mode == 0:
         v = rng.integers(-2, 3, size=shape)
@@ -28,6 +29,8 @@ def values(rng: np.random.Generator, shape, mode: int | None = None) -> np.ndarr
         v = rng.integers(0, 2, size=shape)
     elif mode == 2:
         v = rng.integers(-3, 2, size=shape)
+    elif mode == 4:
+        v = rng.integers(-2, 3, size=shape) * (rng.random(shape) < 0.3)
     else:
         v = rng.standard_normal(shape)
     return np.asarray(v, dtype=np.float32)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 import onnxfix.kernels as kernels
+import onnxfix.kernels.conv as conv_module
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -116,9 +118,9 @@ def test_conv_backtrack_ties_and_padding() -> None:
     np.testing.assert_array_equal(got, [[-1, -1, -1], [-1, -1, -1]])
 
 
-def test_conv_backtrack_random() -> None:
-    rng = np.random.default_rng(1234)
-    for case in range(300):
+def _check_conv_random(seed: int, n_cases: int) -> None:
+    rng = np.random.default_rng(seed)
+    for case in range(n_cases):
         kernel, strides, pads, dilations, (h, w), (oh, ow) = _random_geometry(rng)
         kind = case % 4
         if kind == 0:  # depthwise (optionally with a channel multiplier)
@@ -138,6 +140,10 @@ def test_conv_backtrack_random() -> None:
         exp = ref.conv_backtrack_ref(x, wt, locs, strides, pads, dilations, group)
         assert got.dtype == np.int64 and got.shape == (len(locs), 3)
         np.testing.assert_array_equal(got, exp, err_msg=f"case {case}")
+
+
+def test_conv_backtrack_random() -> None:
+    _check_conv_random(1234, 300)
 
 
 def test_conv_backtrack_wide_channels() -> None:
@@ -167,9 +173,9 @@ def test_conv_backtrack_validation() -> None:
 # --------------------------------------------------------------------------------------------- pool
 
 
-def test_pool_and_window_positive_random() -> None:
-    rng = np.random.default_rng(99)
-    for case in range(300):
+def _check_pool_random(seed: int, n_cases: int) -> None:
+    rng = np.random.default_rng(seed)
+    for case in range(n_cases):
         kernel, strides, pads, dilations, (h, w), (oh, ow) = _random_geometry(rng)
         c = int(rng.integers(1, 4))
         x = _values(rng, (c, h, w), int(rng.integers(0, 6)))
@@ -182,6 +188,10 @@ def test_pool_and_window_positive_random() -> None:
         exp = ref.window_positive_ref(x, locs, kernel, strides, pads, dilations)
         assert got.dtype == np.int64 and got.shape[1] == 3
         np.testing.assert_array_equal(got, exp, err_msg=f"window case {case}")
+
+
+def test_pool_and_window_positive_random() -> None:
+    _check_pool_random(99, 300)
 
 
 def test_pool_argmax_edge_cases() -> None:
@@ -215,9 +225,9 @@ def test_window_positive_order_and_duplicates() -> None:
 # ----------------------------------------------------------------------------------------------- fc
 
 
-def test_fc_positive_random() -> None:
-    rng = np.random.default_rng(5)
-    for case in range(150):
+def _check_fc_random(seed: int, n_cases: int) -> None:
+    rng = np.random.default_rng(seed)
+    for case in range(n_cases):
         m, k, n = (int(v) for v in rng.integers(1, 9, 3))
         a = _values(rng, (m, k), int(rng.integers(0, 6)))
         b = _values(rng, (k, n), int(rng.integers(0, 6)))
@@ -227,6 +237,10 @@ def test_fc_positive_random() -> None:
         assert got_a.dtype == np.bool_ and got_b.dtype == np.bool_
         np.testing.assert_array_equal(got_a, exp_a, err_msg=f"case {case}")
         np.testing.assert_array_equal(got_b, exp_b, err_msg=f"case {case}")
+
+
+def test_fc_positive_random() -> None:
+    _check_fc_random(5, 150)
 
 
 def test_fc_positive_hand_example() -> None:
@@ -255,7 +269,7 @@ def test_splat() -> None:
     np.testing.assert_array_equal(splat(pts, 3, 3), expected)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(
     h=st.integers(1, 25),
     w=st.integers(1, 25),
@@ -279,9 +293,9 @@ def test_gaussian_blur_properties() -> None:
     assert copy is not img and np.array_equal(copy, img)
 
 
-def test_neighbour_counts_random() -> None:
-    rng = np.random.default_rng(3)
-    for case in range(60):
+def _check_neighbours_random(seed: int, n_cases: int) -> None:
+    rng = np.random.default_rng(seed)
+    for case in range(n_cases):
         n = int(rng.integers(1, 120))
         if case % 3 == 0:  # integer grid: exact distance ties at the radius
             pts = rng.integers(0, 12, (n, 2)).astype(np.float64)
@@ -297,6 +311,10 @@ def test_neighbour_counts_random() -> None:
         np.testing.assert_array_equal(got, ref.neighbour_counts_ref(pts, radius), err_msg=f"case {case}")
 
 
+def test_neighbour_counts_random() -> None:
+    _check_neighbours_random(3, 60)
+
+
 def test_neighbour_counts_edge_cases() -> None:
     pts = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0], [1e12, -1e12]])
     np.testing.assert_array_equal(neighbour_counts(pts, 5.0), [3, 3, 3, 1])
@@ -310,6 +328,23 @@ def test_neighbour_counts_edge_cases() -> None:
 
 
 # ------------------------------------------------------------------------------------------- sanity
+
+
+def test_parallel_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # small inputs normally run single-threaded; force the multi-threaded path on a few random cases
+    monkeypatch.setattr(conv_module, "_PARALLEL_MIN_WORK", 0)
+    _check_conv_random(21, 40)
+    _check_pool_random(22, 40)
+    _check_fc_random(23, 20)
+    _check_neighbours_random(24, 12)
+    img = np.random.default_rng(25).random((13, 17))
+    np.testing.assert_allclose(gaussian_blur(img, 2.5), ref.gaussian_blur_ref(img, 2.5), rtol=1e-5, atol=1e-6)
+
+
+def test_thread_count_restored() -> None:
+    before = numba.get_num_threads()
+    conv_backtrack(np.ones((1, 2, 2)), np.ones((1, 1, 1, 1)), np.array([[0, 0, 0]]), (1, 1), (0, 0), (1, 1), 1)
+    assert numba.get_num_threads() == before
 
 
 def test_conv_backtrack_realistic_size() -> None:

@@ -55,14 +55,17 @@ class LSTMRule(Rule):
                 locs = locs[:, [1, 2, 0, 3]]
             for t, d, n, j in locs:
                 seeds.setdefault((int(d), int(n), int(t)), []).append(int(j))
+        # direction d runs backwards in time for direction="reverse" and for the second half of "bidirectional"
+        reverse = [node.attrs.get("direction", "forward") == "reverse" or d == 1 for d in range(D)]
         for name in outs[1:]:
             if name and name in out:
-                for d, n, j in out[name]:
-                    last = T - 1 if d == 0 else 0
+                rows = out[name][:, [1, 0, 2]] if layout == 1 else out[name]  # Y_h/Y_c: [N, D, H] in layout 1
+                for d, n, j in rows:
+                    last = 0 if reverse[d] else T - 1
                     seeds.setdefault((int(d), int(n), last), []).append(int(j))
         x_locs, h0_locs = [], []
         for d in range(D):
-            order = range(T - 1, -1, -1) if d == 0 else range(T)
+            order = range(T) if reverse[d] else range(T - 1, -1, -1)
             for n in range(N):
                 carried: set[int] = set()
                 for t in order:
@@ -81,11 +84,11 @@ class LSTMRule(Rule):
                                         np.ascontiguousarray(W[d].T, np.float32), locs2)
                     for k in np.flatnonzero(ma[0]):
                         x_locs.append((t, n, int(k)))
-                    prev = t - 1 if d == 0 else t + 1
+                    prev = t + 1 if reverse[d] else t - 1
                     if 0 <= prev < T:
                         h_prev = y[prev, d, n]
                     elif hn0 and ctx.is_data(hn0):
-                        h_prev = ctx.value(hn0)[d, n]
+                        h_prev = ctx.value(hn0)[n, d] if layout == 1 else ctx.value(hn0)[d, n]
                     else:
                         continue
                     mh, _ = fc_positive(np.ascontiguousarray(h_prev[None], np.float32),
@@ -100,5 +103,6 @@ class LSTMRule(Rule):
             xl = np.array(x_locs, np.int64)
             res[xn] = xl[:, [1, 0, 2]] if layout == 1 else xl
         if h0_locs and hn0 and ctx.is_data(hn0):
-            res[hn0] = np.array(h0_locs, np.int64)
+            hl = np.array(h0_locs, np.int64)
+            res[hn0] = hl[:, [1, 0, 2]] if layout == 1 else hl
         return res

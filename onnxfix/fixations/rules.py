@@ -201,6 +201,8 @@ class SliceRule(Rule):
         coords = out[node.outputs[0]].copy()
         for st, en, ax, sp in zip(starts, ends, axes, steps, strict=False):
             ax %= len(xs)
+            if sp < 0 and st < -xs[ax]:  # ONNX clamps this start to 0; a python slice would be empty
+                st = 0
             idx = np.arange(xs[ax])[slice(st, en, sp)]
             coords[:, ax] = idx[coords[:, ax]]
         return {x: coords}

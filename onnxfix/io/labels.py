@@ -39,10 +39,13 @@ def imagenet_labels() -> list[str]:
 
 
 def find_labels(
-    model_path: str | Path | None, metadata: dict[str, str], n_classes: int | None, labels_file: str | None = None
+    model_path: str | Path | None, metadata: dict[str, str], n_classes: int | None,
+    labels_file: str | list[str] | None = None,
 ) -> list[str] | None:
     """Labels in order of preference: ``labels_file``, metadata ``onnxfix.labels``, ``<model>.labels.txt``,
     ImageNet when the output has 1000 (or 1001, background first) classes."""
+    if isinstance(labels_file, (list, tuple)):
+        return [str(x) for x in labels_file]
     if labels_file:
         return read_labels_file(labels_file)
     if "onnxfix.labels" in metadata:
