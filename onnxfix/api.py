@@ -83,7 +83,8 @@ class Explainer:
     provider : {"cpu", "cuda"}
         ONNX Runtime execution provider; "cuda" falls back to the CPU with a message when unavailable.
     labels : str or list of str, optional
-        A labels file (one name per line, or JSON) or the names themselves; default: model metadata, ``<model>.labels.txt``, ImageNet.
+        A labels file (one name per line, or JSON) or the names themselves; default: model metadata,
+        ``<model>.labels.txt``, ImageNet.
     output : str, optional
         The model output to explain (default: the first floating-point output).
     preprocess : dict, optional

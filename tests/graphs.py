@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
 from onnxfix.graph import Graph
 from onnxfix.runtime import Runtime
 

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 from onnx import helper, numpy_helper
+
 from onnxfix.fixations import RULES, Context, trace
 from onnxfix.graph import Graph
 
@@ -21,9 +22,6 @@ try:  # tests/ may or may not be a package
 except ImportError:
     import fixation_reference as ref
     import graphs as G
-
-SEEDS = range(12)
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # helpers
@@ -477,7 +475,9 @@ def test_add_same_tensor_twice():
     rng = np.random.default_rng(3)
     x = G.values(rng, (1, 2, 3, 3))
     model = G.build([_node("Add", ["x", "x"], ["y"])], {"x": x})
-    _, _, want = check_rule(model, {"x": x}, rng=rng, k=5)
+    seeds = {"y": G.random_locs(rng, x.shape, 5)}
+    _, _, want = check_rule(model, {"x": x}, seeds=seeds)
+    assert want == {"x": _rows(seeds["y"])}
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -874,9 +874,17 @@ def test_hand_lstm_two_steps():
     node = G.node_of(graph, "Y")
     got = RULES["LSTM"].backtrack(node, Context(graph, vals), {"Yh": np.array([[0, 0, 0]])})
     assert _rows(got["x"]) == {(0, 0, 0)}
-    # reversed: the last step of the reverse direction is t = 0, so x_0 = 1 itself is kept and nothing earlier
+    # reverse direction: Y_h is h at t = 0 (x_0 = 1 is kept); its recurrent input is h at t = 1, which x_1 = −1
+    # made negative, so nothing is carried
     model = G.build([_node("LSTM", ["x", "W", "R"], ["Y", "Yh"], hidden_size=1, direction="reverse")],
                     {"x": x}, consts)
     graph, vals = G.run(model, {"x": x})
+    assert vals["Y"][1, 0, 0, 0] < 0
     got = RULES["LSTM"].backtrack(G.node_of(graph, "Y"), Context(graph, vals), {"Yh": np.array([[0, 0, 0]])})
     assert _rows(got["x"]) == {(0, 0, 0)}
+    # reverse direction, x = [1, 1], explaining Y at t = 1: that is the reverse direction's first step, so only
+    # x_1 is reached (a forward walk would carry on to x_0)
+    x = np.ones((2, 1, 1), np.float32)
+    graph, vals = G.run(model, {"x": x})
+    got = RULES["LSTM"].backtrack(G.node_of(graph, "Y"), Context(graph, vals), {"Y": np.array([[1, 0, 0, 0]])})
+    assert _rows(got["x"]) == {(1, 0, 0)}

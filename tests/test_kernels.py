@@ -8,6 +8,7 @@ import numba
 import numpy as np
 import onnxfix.kernels as kernels
 import onnxfix.kernels.conv as conv_module
+import onnxfix.kernels.pool as pool_module
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -333,6 +334,7 @@ def test_neighbour_counts_edge_cases() -> None:
 def test_parallel_path(monkeypatch: pytest.MonkeyPatch) -> None:
     # small inputs normally run single-threaded; force the multi-threaded path on a few random cases
     monkeypatch.setattr(conv_module, "_PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(pool_module, "_MASK_BUDGET", 7)  # window_positive in blocks of few locations
     _check_conv_random(21, 40)
     _check_pool_random(22, 40)
     _check_fc_random(23, 20)

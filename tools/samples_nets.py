@@ -183,7 +183,8 @@ class Captioner(nn.Module):
         self.lstm = nn.LSTM(emb + steps, hidden, batch_first=True)
         self.out = nn.Linear(hidden, vocab)
         self.register_buffer("step_codes", torch.eye(steps).unsqueeze(1), persistent=False)  # [T,1,T]
-        self.register_buffer("h0", torch.zeros(1, 1, hidden), persistent=False)
+        # persistent: exported as an initializer; a non-persistent zero constant gets Shape+Expand
+        self.register_buffer("h0", torch.zeros(1, 1, hidden))
 
     def forward(self, x):
         b = int(x.shape[0])  # a Python constant while tracing: reshapes need no Shape op
