@@ -9,6 +9,7 @@ increasing order, window positions in row-major ``(ky, kx)`` order), NaN behaves
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -132,6 +133,24 @@ def _conv_backtrack_kernel(xt, wt, locs, sh, sw, pt, pl, dh, dw, group):  # prag
     return out
 
 
+_W_CACHE: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+
+
+def _weights_ohwi(w: np.ndarray) -> np.ndarray:
+    """``w`` transposed to (C_out, kh, kw, cin_g), cached for read-only arrays (a model's weights never change)."""
+    if w.flags.writeable:
+        return np.ascontiguousarray(w.transpose(0, 2, 3, 1))
+    key = id(w)
+    hit = _W_CACHE.get(key)
+    if hit is not None and hit[0]() is w:
+        return hit[1]
+    wt = np.ascontiguousarray(w.transpose(0, 2, 3, 1))
+    if len(_W_CACHE) > 4096:
+        _W_CACHE.clear()
+    _W_CACHE[key] = (weakref.ref(w), wt)
+    return wt
+
+
 def _pair(name: str, value: Sequence[int] | np.ndarray, minimum: int | None = None) -> tuple[int, int]:
     vals = [int(v) for v in np.asarray(value).reshape(-1)]
     if len(vals) != 2:
@@ -218,6 +237,6 @@ def conv_backtrack(
     locs = _locs(locs, 3)
     _check_channels(locs, c_out, "output channel")
     xt = np.ascontiguousarray(x.transpose(1, 2, 0))
-    wt = np.ascontiguousarray(w.transpose(0, 2, 3, 1))
+    wt = _weights_ohwi(w)
     with _threads_for(locs.shape[0] * w[0].size):
         return _conv_backtrack_kernel(xt, wt, locs, sh, sw, pt, pl, dh, dw, group)

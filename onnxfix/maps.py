@@ -2,7 +2,8 @@
 
 * **Density** of fixations: points splatted on the image grid and blurred by a Gaussian of σ = 20 px per 224 px
   of model input (the CNN-Fixations authors' setting), scaled to the image. For speed the density is computed on
-  a grid of at most ``DENSITY_MAX_SIDE`` pixels and resized (bilinear) to the image.
+  a coarser grid — at most ``DENSITY_MAX_SIDE`` pixels, and coarse enough that σ spans ``DENSITY_GRID_SIGMA``
+  grid pixels — then resized (bilinear) to the image: a Gaussian that wide is smooth at that sampling.
 * **Fixation box**: drop points that have fewer than 5% of all points within 10% of the image diagonal, then the
   tightest box around the rest (all points if that drops everything). The density is made from the same inliers,
   as in the authors' code (``heatmap(img, selPoints)``).
@@ -17,6 +18,7 @@ from PIL import Image
 from onnxfix.kernels import gaussian_blur, neighbour_counts, splat
 
 DENSITY_MAX_SIDE = 512
+DENSITY_GRID_SIGMA = 4.0
 
 
 def normalise(m: np.ndarray) -> np.ndarray:
@@ -48,7 +50,8 @@ def density(points: np.ndarray, hw: tuple[int, int], sigma: float) -> np.ndarray
     """Gaussian-blurred density of ``points`` ((N, 2) x, y in pixels of an H×W image), normalised to [0, 1]."""
     h, w = int(hw[0]), int(hw[1])
     pts = np.asarray(points, np.float64).reshape(-1, 2)
-    f = min(1.0, DENSITY_MAX_SIDE / max(h, w))
+    # a Gaussian of σ ≥ 4 grid pixels is smooth enough to be resized bilinearly without visible error
+    f = min(1.0, DENSITY_MAX_SIDE / max(h, w), DENSITY_GRID_SIGMA / max(sigma, 1e-6))
     gh, gw = max(1, round(h * f)), max(1, round(w * f))
     fy, fx = gh / h, gw / w
     grid_pts = np.stack([(pts[:, 0] + 0.5) * fx - 0.5, (pts[:, 1] + 0.5) * fy - 0.5], axis=1)

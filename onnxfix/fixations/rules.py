@@ -272,7 +272,8 @@ def reads_feature_map(ctx: Context, name: str) -> bool:
     return len(shape) >= 3 and sum(1 for d in shape[1:] if d > 1) >= 2
 
 
-def _fc_2d(a: np.ndarray, b: np.ndarray, locs: np.ndarray, argmax: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _fc_2d(a: np.ndarray, b: np.ndarray, locs: np.ndarray, argmax: bool = False,
+           want_b: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Y = a @ b; for selected outputs (m, n) the inputs a[m, k] / b[k, n] with positive contribution a·b, or with
     ``argmax`` only the first k maximising a[m, k]·b[k, n] per output."""
     locs = np.ascontiguousarray(locs, np.int64)
@@ -284,7 +285,8 @@ def _fc_2d(a: np.ndarray, b: np.ndarray, locs: np.ndarray, argmax: bool = False)
             ks[s:s + 256] = np.argmax(prod, axis=1)
         return np.stack([locs[:, 0], ks], axis=1), np.stack([ks, locs[:, 1]], axis=1)
     ma, mb = fc_positive(np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32), locs)
-    return np.argwhere(ma).astype(np.int64), np.argwhere(mb).astype(np.int64)
+    cb = np.argwhere(mb).astype(np.int64) if want_b else np.zeros((0, 2), np.int64)
+    return np.argwhere(ma).astype(np.int64), cb
 
 
 @register("Gemm")
@@ -300,7 +302,7 @@ class GemmRule(Rule):
         if node.attrs.get("alpha", 1.0) < 0:
             b2 = -b2
         spatial = ctx.is_data(an) and not ctx.is_data(bn) and not ta and reads_feature_map(ctx, an)
-        ca, cb = _fc_2d(a2, b2, out[node.outputs[0]], argmax=spatial)
+        ca, cb = _fc_2d(a2, b2, out[node.outputs[0]], argmax=spatial, want_b=ctx.is_data(bn))
         res = {}
         if ctx.is_data(an):
             res[an] = ca[:, ::-1].copy() if ta else ca
@@ -333,7 +335,7 @@ class MatMulRule(Rule):
             sel = np.all(locs[:, :nb] == gidx, axis=1) if nb else np.ones(len(locs), bool)
             ia = tuple(0 if d == 1 else int(i) for d, i in zip(a3.shape[:-2], gidx[nb - (a3.ndim - 2):], strict=True))
             ib = tuple(0 if d == 1 else int(i) for d, i in zip(b3.shape[:-2], gidx[nb - (b3.ndim - 2):], strict=True))
-            ca, cb = _fc_2d(a3[ia], b3[ib], locs[sel][:, nb:], argmax=spatial)
+            ca, cb = _fc_2d(a3[ia], b3[ib], locs[sel][:, nb:], argmax=spatial, want_b=ctx.is_data(bn))
             pre_a = np.broadcast_to(np.asarray(ia, np.int64), (len(ca), len(ia)))
             pre_b = np.broadcast_to(np.asarray(ib, np.int64), (len(cb), len(ib)))
             res[an].append(np.concatenate([pre_a, ca], axis=1))
@@ -395,7 +397,10 @@ class ConvRule(Rule):
         w = ctx.value(wn)
         w4 = w if nsp == 2 else w[:, :, None, :]
         ks, st, pd, dl = _window(node, x, nsp)
-        rows = conv_backtrack(np.ascontiguousarray(x3, np.float32), np.ascontiguousarray(w4, np.float32),
+        if w4.dtype != np.float32 or not w4.flags.c_contiguous:
+            w4 = np.ascontiguousarray(w4, np.float32)
+            w4.setflags(write=False)
+        rows = conv_backtrack(np.ascontiguousarray(x3, np.float32), w4,
                               np.ascontiguousarray(_to_chw(out[node.outputs[0]], nsp)), st, pd, dl,
                               int(node.attrs.get("group", 1)))
         return {xn: _from_chw(rows, nsp)}
