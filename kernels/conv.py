@@ -151,6 +151,59 @@ def _weights_ohwi(w: np.ndarray) -> np.ndarray:
     return wt
 
 
+@numba.njit(cache=True, parallel=True)
+def _conv_backtrack_chw_kernel(x, w, locs, sh, sw, pt, pl, dh, dw, group):  # pragma: no cover - jitted
+    # channel-first layouts, for calls whose work is small next to the tensor (no transpose of x); channel
+    # sums are accumulated in the same row-major (ky, kx) order as the channel-last kernel: identical results
+    _, h, wd = x.shape
+    c_out, cin_g, kh, kw = w.shape
+    cout_g = c_out // group
+    n_loc = locs.shape[0]
+    out = np.empty((n_loc, 3), dtype=np.int64)
+    for i in numba.prange(n_loc):
+        co = locs[i, 0]
+        g = co // cout_g
+        by = locs[i, 1] * sh - pt
+        bx = locs[i, 2] * sw - pl
+        ky0, ky1 = _valid_range(by, kh, dh, h)
+        kx0, kx1 = _valid_range(bx, kw, dw, wd)
+        if ky0 >= ky1 or kx0 >= kx1:
+            out[i, 0] = -1
+            out[i, 1] = -1
+            out[i, 2] = -1
+            continue
+        c0 = g * cin_g
+        best_s = 0.0
+        best_c = 0
+        for cl in range(cin_g):
+            s = 0.0
+            for ky in range(ky0, ky1):
+                iy = by + ky * dh
+                for kx in range(kx0, kx1):
+                    s += np.float64(x[c0 + cl, iy, bx + kx * dw]) * np.float64(w[co, cl, ky, kx])
+            if _better(s, best_s, cl > 0):
+                best_s = s
+                best_c = cl
+        best_v = 0.0
+        best_y = -1
+        best_x = -1
+        found = False
+        for ky in range(ky0, ky1):
+            iy = by + ky * dh
+            for kx in range(kx0, kx1):
+                ix = bx + kx * dw
+                v = np.float64(x[c0 + best_c, iy, ix]) * np.float64(w[co, best_c, ky, kx])
+                if _better(v, best_v, found):
+                    best_v = v
+                    best_y = iy
+                    best_x = ix
+                    found = True
+        out[i, 0] = c0 + best_c
+        out[i, 1] = best_y
+        out[i, 2] = best_x
+    return out
+
+
 def _pair(name: str, value: Sequence[int] | np.ndarray, minimum: int | None = None) -> tuple[int, int]:
     vals = [int(v) for v in np.asarray(value).reshape(-1)]
     if len(vals) != 2:
@@ -184,6 +237,7 @@ def conv_backtrack(
     pads: Sequence[int],
     dilations: Sequence[int],
     group: int,
+    _layout: str | None = None,
 ) -> np.ndarray:
     """Backtrack output locations of a 2-D convolution to their most contributing input positions.
 
@@ -236,7 +290,11 @@ def conv_backtrack(
     dh, dw = _pair("dilations", dilations, 1)
     locs = _locs(locs, 3)
     _check_channels(locs, c_out, "output channel")
+    work = locs.shape[0] * w[0].size
+    if _layout == "chw" or (_layout is None and 4 * work < x.size):
+        with _threads_for(work):
+            return _conv_backtrack_chw_kernel(x, w, locs, sh, sw, pt, pl, dh, dw, group)
     xt = np.ascontiguousarray(x.transpose(1, 2, 0))
     wt = _weights_ohwi(w)
-    with _threads_for(locs.shape[0] * w[0].size):
+    with _threads_for(work):
         return _conv_backtrack_kernel(xt, wt, locs, sh, sw, pt, pl, dh, dw, group)

@@ -119,7 +119,7 @@ def test_conv_backtrack_ties_and_padding() -> None:
     np.testing.assert_array_equal(got, [[-1, -1, -1], [-1, -1, -1]])
 
 
-def _check_conv_random(seed: int, n_cases: int) -> None:
+def _check_conv_random(seed: int, n_cases: int, layout: str | None = None) -> None:
     rng = np.random.default_rng(seed)
     for case in range(n_cases):
         kernel, strides, pads, dilations, (h, w), (oh, ow) = _random_geometry(rng)
@@ -137,14 +137,16 @@ def _check_conv_random(seed: int, n_cases: int) -> None:
         x = _values(rng, (c_in, h, w), int(rng.integers(0, 6)))
         wt = _values(rng, (c_out, cin_g) + kernel, int(rng.integers(0, 6)))
         locs = _random_locs(rng, c_out, oh, ow, int(rng.integers(0, 25)))
-        got = conv_backtrack(x, wt, locs, strides, pads, dilations, group)
+        got = conv_backtrack(x, wt, locs, strides, pads, dilations, group, _layout=layout)
         exp = ref.conv_backtrack_ref(x, wt, locs, strides, pads, dilations, group)
         assert got.dtype == np.int64 and got.shape == (len(locs), 3)
         np.testing.assert_array_equal(got, exp, err_msg=f"case {case}")
 
 
-def test_conv_backtrack_random() -> None:
-    _check_conv_random(1234, 300)
+@pytest.mark.parametrize("layout", ["hwc", "chw"])
+def test_conv_backtrack_random(layout: str) -> None:
+    """Both kernel layouts (channel-last after a transpose; channel-first without) equal the reference."""
+    _check_conv_random(1234, 300, layout)
 
 
 def test_conv_backtrack_wide_channels() -> None:
@@ -154,8 +156,10 @@ def test_conv_backtrack_wide_channels() -> None:
         x = _values(rng, (96, 9, 9), mode)
         w = _values(rng, (8, 48, 3, 3), mode)
         locs = _random_locs(rng, 8, 9, 9, 150)
-        got = conv_backtrack(x, w, locs, (1, 1), (1, 1), (2, 1), 2)
-        np.testing.assert_array_equal(got, ref.conv_backtrack_ref(x, w, locs, (1, 1), (1, 1), (2, 1), 2))
+        exp = ref.conv_backtrack_ref(x, w, locs, (1, 1), (1, 1), (2, 1), 2)
+        for layout in ("hwc", "chw"):
+            got = conv_backtrack(x, w, locs, (1, 1), (1, 1), (2, 1), 2, _layout=layout)
+            np.testing.assert_array_equal(got, exp)
 
 
 def test_conv_backtrack_validation() -> None:
