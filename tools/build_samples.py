@@ -29,9 +29,9 @@ import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from collections import Counter  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
@@ -141,14 +141,14 @@ SPECS = [
          "Handwritten digit classifier (sklearn 8x8 digits upscaled and placed anywhere on a noisy "
          "56x56 canvas): plain Conv/Relu/MaxPool/Gemm CNN.",
          "gray", (56, 56), [str(i) for i in range(10)], lambda: N.DigitsCNN(10), data_digits,
-         epochs=10, lr=3e-3, seed=101, required_ops={"Conv", "Relu", "MaxPool", "Gemm"}),
+         epochs=7, lr=3e-3, seed=101, required_ops={"Conv", "Relu", "MaxPool", "Gemm"}),
     Spec("resnet_shapes",
          "ResNet: stem + 3 residual blocks (Add skip, 1x1 projection shortcuts, BatchNormalization after "
          "each Add), GlobalAveragePool, Gemm",
          "Shape classifier (circle/square/triangle/cross/star on a cluttered background): small ResNet "
          "with Add skip connections and unfused BatchNormalization after each Add.",
          "rgb", (64, 64), list(D.SHAPE_CLASSES), lambda: N.ResNetShapes(len(D.SHAPE_CLASSES)), data_shapes,
-         epochs=8, lr=3e-3, seed=202, prefer="star",
+         epochs=7, lr=3e-3, seed=202, prefer="star",
          required_ops={"Add", "BatchNormalization", "GlobalAveragePool", "Gemm"}),
     Spec("inception_shapes",
          "Inception: stem, 2 Inception blocks (1x1 | 3x3 | 5x5 or dilated 3x3 | AvgPool 3x3 s1 -> 1x1, "
@@ -156,7 +156,7 @@ SPECS = [
          "Shape classifier (circle/square/triangle/cross/star on a cluttered background): small "
          "Inception network with parallel 1x1/3x3/5x5/pool branches joined by Concat.",
          "rgb", (64, 64), list(D.SHAPE_CLASSES), lambda: N.InceptionShapes(len(D.SHAPE_CLASSES)), data_shapes,
-         epochs=8, lr=3e-3, seed=303, prefer="triangle",
+         epochs=6, lr=3e-3, seed=303, prefer="triangle",
          required_ops={"Concat", "AveragePool", "MaxPool", "Flatten", "Gemm"}),
     Spec("mobile_shapes",
          "MobileNetV3-like: depthwise (3x3, 3x3 s2, 5x5 s2) + pointwise convs, HardSwish, 2 "
@@ -164,7 +164,7 @@ SPECS = [
          "Shape classifier (circle/square/triangle/cross/star on a cluttered background): "
          "MobileNetV3-style net with depthwise convs, HardSwish and Squeeze-Excitation.",
          "rgb", (64, 64), list(D.SHAPE_CLASSES), lambda: N.MobileShapes(len(D.SHAPE_CLASSES)), data_shapes,
-         epochs=10, lr=4e-3, seed=404, prefer="cross",
+         epochs=6, lr=4e-3, seed=404, prefer="cross",
          required_ops={"Conv", "HardSwish", "HardSigmoid", "Mul", "GlobalAveragePool", "Gemm"}),
     Spec("captioner",
          "CNN (4x Conv/Relu/MaxPool) -> Gemm image embedding -> Concat with one-hot step code, 3 steps -> "
@@ -214,13 +214,14 @@ def train(spec: Spec, net: torch.nn.Module, d: dict, mean, std) -> None:
     opt = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=spec.epochs * per_epoch,
                                                 pct_start=0.25)
+    net.to(memory_format=torch.channels_last)  # ~25% faster convs on CPU; same numbers
     for ep in range(spec.epochs):
         net.train()
         perm = torch.randperm(n, generator=g).numpy()
         tot, t0 = 0.0, time.time()
         for b in range(per_epoch):
             idx = np.sort(perm[b * spec.bs:(b + 1) * spec.bs])
-            xb = to_tensor(d["xtr"][idx], mean, std)
+            xb = to_tensor(d["xtr"][idx], mean, std).contiguous(memory_format=torch.channels_last)
             yb = torch.from_numpy(d["ytr"][idx])
             out = net(xb)
             loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1))
@@ -230,6 +231,7 @@ def train(spec: Spec, net: torch.nn.Module, d: dict, mean, std) -> None:
             sched.step()
             tot += float(loss.detach())
         log(f"  epoch {ep + 1}/{spec.epochs}  loss {tot / per_epoch:.4f}  ({time.time() - t0:.1f}s)")
+    net.to(memory_format=torch.contiguous_format)
 
 
 @torch.no_grad()
@@ -370,7 +372,9 @@ def build(spec: Spec) -> dict:
     t0 = time.time()
     log(f"== {spec.name}")
     d = spec.data()
-    mean, std = norm_stats(d["xtr"])
+    if "norm" not in d:
+        d["norm"] = norm_stats(d["xtr"])
+    mean, std = d["norm"]
     log(f"  data ready ({time.time() - t0:.1f}s): {d['note']}; mean {mean} std {std}")
     torch.manual_seed(spec.seed)
     net = spec.net()

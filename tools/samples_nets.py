@@ -174,9 +174,9 @@ class Captioner(nn.Module):
         super().__init__()
         self.steps, self.hidden, self.vocab = steps, hidden, vocab
         self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 48x144 -> 24x72
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # -> 12x36
-            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # -> 6x18
+            nn.Conv2d(3, 12, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 48x144 -> 24x72
+            nn.Conv2d(12, 24, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # -> 12x36
+            nn.Conv2d(24, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # -> 6x18
             nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # -> 3x9
         )
         self.embed = nn.Linear(32 * 3 * 9, emb)
