@@ -179,6 +179,53 @@ class Explainer:
             scores=scores, top=mdl.top(scores, top_k), attribution=res.attribution, heatmap=heat, points=pts,
             box=box, frame=frame, image=img, seconds=time.perf_counter() - t0, extras=res.extras)
 
+    def gradient(self, image: Any, of: str | None = None, wrt: list[str] | str | None = None,
+                 seed: np.ndarray | None = None, mode: str = "gradient") -> dict[str, np.ndarray]:
+        """The autodiff engine, raw: ``d(of · seed) / d(tensor)`` for each tensor in ``wrt``.
+
+        Parameters
+        ----------
+        image : anything :meth:`explain` accepts
+        of : str, optional
+            The differentiated tensor (default: the explained logits, before softmax).
+        wrt : str or list of str, optional
+            Tensors (or node names) to differentiate with respect to (default: the image input).
+        seed : ndarray, optional
+            Shaped like ``of``; default: one-hot of the top class (at the most confident step).
+        mode : {"gradient", "guided", "deconvnet"}
+            The ReLU backward rule.
+
+        Returns
+        -------
+        dict
+            {tensor name: gradient array shaped like the tensor}
+        """
+        from onnxfix.autodiff import GradientProgram
+
+        mdl = self.model
+        g = mdl.graph
+        of = of or mdl.head.logits
+        if of not in g.tensors:
+            raise InputError(f"no tensor {of!r} in this model")
+        names = [wrt] if isinstance(wrt, str) else list(wrt or [mdl.input])
+        names = [g.node_by_name[n].outputs[0] if n not in g.tensors and n in g.node_by_name else n for n in names]
+        for n in names:
+            if n not in g.tensors:
+                raise InputError(f"no tensor or node {n!r} in this model")
+        x, _, _ = self.prepare(image)
+        prog = GradientProgram(g, of=of, wrt=names, mode=mode, provider=mdl.provider)
+        if seed is None:
+            values = mdl.runtime.run({mdl.input: x}, [of])
+            out = values[of]
+            seed = np.zeros_like(out)
+            if of == mdl.head.logits:
+                seed[mdl.resolve_target(out).coords] = 1.0
+            else:
+                seed.reshape(-1)[int(np.argmax(out))] = 1.0
+        seed = np.asarray(seed, dtype=np.float32)
+        res = prog.run({mdl.input: x}, seed)
+        return {n: res["grad:" + n] for n in names}
+
     def activations(self, image: Any) -> dict[str, np.ndarray]:
         """Every intermediate tensor for ``image``, by name."""
         x, _, _ = self.prepare(image)

@@ -71,6 +71,7 @@ class Model:
         self.name = self.path.name if self.path else (proto.graph.name or "model")
         self.metadata = {p.key: p.value for p in proto.metadata_props}
         self.graph = Graph.from_model(proto)
+        self.provider = provider
         self.runtime = Runtime(self.graph, provider=provider, threads=threads)
         self.input = self._image_input()
         self.input_shape = self.graph.shape(self.input) or ()

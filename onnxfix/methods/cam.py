@@ -1,0 +1,70 @@
+"""CAM (Zhou et al.): for graphs that end GAP → (Flatten/Reshape) → Gemm/MatMul, the class map is Σ_k w_ck A_k from
+the classifier weights — no gradient. Anything else is refused with the reason."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxfix.errors import UnsupportedModel
+from onnxfix.methods.base import Method, Result, register_method
+
+_VIEW = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout"}
+
+
+def cam_head(model) -> tuple[str, np.ndarray] | str:
+    """(feature map tensor, class weights (classes, C)) or the reason CAM does not apply."""
+    g = model.graph
+    node = g.producer(model.head.logits)
+    if node is not None and node.op_type == "Add":  # MatMul + bias
+        data = [i for i in node.inputs if i not in g.constants]
+        node = g.producer(data[0]) if len(data) == 1 else None
+    if node is None or node.op_type not in ("Gemm", "MatMul"):
+        return "the logits are not produced by a Gemm/MatMul classifier"
+    a, b = node.inputs[0], node.inputs[1]
+    if b not in g.constants or a in g.constants:
+        return "the classifier weights are not constant"
+    w = np.asarray(g.constants[b], np.float64)
+    if node.op_type == "Gemm":
+        w = w if node.attrs.get("transB", 0) else w.T
+        if node.attrs.get("transA", 0):
+            return "the classifier transposes its input"
+        w = w * float(node.attrs.get("alpha", 1.0))
+    else:
+        if w.ndim != 2:
+            return "the classifier weights are not a matrix"
+        w = w.T
+    src = g.producer(a)
+    while src is not None and src.op_type in _VIEW:
+        src = g.producer(src.inputs[0])
+    if src is None or src.op_type not in ("GlobalAveragePool", "ReduceMean", "AveragePool"):
+        return "the classifier does not read a global average pool"
+    fmap = src.inputs[0]
+    shape = g.shape(fmap)
+    if shape is None or len(shape) != 4 or shape[1] != w.shape[1]:
+        return "the pooled tensor is not an NCHW feature map matching the classifier"
+    if src.op_type == "ReduceMean" and sorted(a % 4 for a in (src.attrs.get("axes") or [])) != [2, 3]:
+        return "the ReduceMean does not pool the spatial axes"
+    return fmap, w
+
+
+@register_method
+class CAM(Method):
+    name = "cam"
+    summary = "CAM: class activation map from the classifier weights (GAP → fc models only, no gradient)"
+
+    def applies(self, model):
+        head = cam_head(model)
+        return head if isinstance(head, str) else None
+
+    def forward_tensors(self, model):
+        head = cam_head(model)
+        return [model.head.logits] + ([head[0]] if not isinstance(head, str) else [])
+
+    def explain(self, model, x, values, target, **options):
+        head = cam_head(model)
+        if isinstance(head, str):
+            raise UnsupportedModel(f"cam: {head}")
+        fmap, w = head
+        a = np.asarray(values[fmap][0], np.float64)
+        cam = np.tensordot(w[target.index], a, axes=(0, 0)).astype(np.float32)
+        return Result(attribution=cam, map=np.maximum(cam, 0), extras={"layer": fmap})
