@@ -15,6 +15,6 @@ class GradCAMPlusPlus(LayerCAM):
     def weights(self, grads, acts):
         g2, g3 = grads**2, grads**3
         sum_a = acts.sum(axis=(1, 2))[:, None, None]
-        aij = g2 / (2 * g2 + sum_a * g3 + 1e-7)
+        aij = g2 / (2 * g2 + sum_a * g3 + 1e-6)  # eps as pytorch-grad-cam 1.5.7
         aij = np.where(grads != 0, aij, 0.0)
         return (np.maximum(grads, 0) * aij).sum(axis=(1, 2))

@@ -1,6 +1,6 @@
 """Occlusion — the survey's "muting pixels" (Zeiler & Fergus): slide a window set to a baseline over the input and
 record how much the target logit drops; each pixel gets the mean drop over the windows that cover it (Captum's
-``Occlusion`` semantics: windows at 0, s, 2s, … that fit inside the input).
+``Occlusion`` semantics: windows at 0, s, 2s, …, ceil((dim − window)/s) + 1 of them, the last cut at the edge).
 
 Perturbed copies run through ONNX Runtime in batches when the model's batch axis is dynamic, one by one otherwise.
 Defaults: a square window of 1/8 of the shorter input side (at least 2 px), stride half the window, baseline 0 in
@@ -37,7 +37,9 @@ class Occlusion(Method):
         s = _pair(stride if stride is not None else (max(1, k[0] // 2), max(1, k[1] // 2)), "stride")
         if k[0] > H or k[1] > W:
             raise InputError(f"occlusion window {k} is larger than the input {H}×{W}")
-        ys, xs = range(0, H - k[0] + 1, s[0]), range(0, W - k[1] + 1, s[1])
+        # Captum's positions: ceil((dim - window) / stride) + 1 windows per axis, the last one cut at the edge
+        ys = [i * s[0] for i in range(-(-(H - k[0]) // s[0]) + 1)]
+        xs = [i * s[1] for i in range(-(-(W - k[1]) // s[1]) + 1)]
         boxes = [(y, xx) for y in ys for xx in xs]
         logits_name = model.head.logits
         base = float(values[logits_name][target.coords])

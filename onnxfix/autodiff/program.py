@@ -1,0 +1,111 @@
+"""A built backward pass with its ONNX Runtime session, cached per request (DESIGN §1: never a session per call).
+
+``GradientProgram.get(graph, of, wrt, mode, activations)`` returns the cached program for that request — the cache
+is keyed by ``id(graph)`` plus the request and holds only a weak reference to the graph, so programs go away with
+their graph. ``run(feeds, seed)`` is one ``InferenceSession.run`` call that returns the forward value of ``of``, the
+requested activations and ``d(of · seed)/d(wrt)`` for each ``wrt`` tensor.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from onnxfix.autodiff.builder import build_backward
+from onnxfix.errors import InputError, UnsupportedModel
+from onnxfix.graph import Graph
+from onnxfix.runtime import choose_providers
+
+_CACHE: dict[tuple, tuple[weakref.ref, GradientProgram]] = {}
+_LOCK = threading.Lock()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:400] if text else type(exc).__name__
+
+
+def _evict(graph_id: int) -> None:
+    with _LOCK:
+        for key in [k for k in _CACHE if k[0] == graph_id]:
+            del _CACHE[key]
+
+
+class GradientProgram:
+    """The forward + backward model of one request and its session."""
+
+    def __init__(self, graph: Graph, of: str, wrt: Sequence[str], mode: str = "gradient",
+                 activations: Sequence[str] = (), provider: str = "cpu", threads: int | None = None,
+                 conv_input_grad: str = "auto"):
+        self.of = of
+        self.wrt = tuple(dict.fromkeys(wrt))
+        self.mode = mode
+        self.activations = tuple(dict.fromkeys(activations))
+        self.model, self.seed_name, self.grad_names = build_backward(graph, of, list(self.wrt), mode,
+                                                                     list(self.activations), conv_input_grad)
+        self.providers, self.fallback_message = choose_providers(provider)
+        if self.fallback_message:
+            print(f"onnxfix: {self.fallback_message}", file=sys.stderr)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        n = threads or int(os.environ.get("ONNXFIX_THREADS", "0") or 0)
+        if n:
+            so.intra_op_num_threads = n
+        try:
+            self.session = ort.InferenceSession(self.model.SerializeToString(), so, providers=self.providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises many types; all mean "cannot run"
+            raise UnsupportedModel(f"autodiff: ONNX Runtime cannot load the backward model: {_first_line(exc)}"
+                                   ) from None
+        self.input_names = [i.name for i in self.session.get_inputs() if i.name != self.seed_name]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._from_feeds = [a for a in (of, *self.activations) if a not in self.output_names]
+
+    @classmethod
+    def get(cls, graph: Graph, of: str, wrt: Sequence[str], mode: str = "gradient",
+            activations: Sequence[str] = (), provider: str = "cpu", threads: int | None = None,
+            conv_input_grad: str = "auto") -> GradientProgram:
+        """The cached program for this request (built on first use)."""
+        key = (id(graph), of, tuple(wrt), mode, tuple(activations), provider, threads, conv_input_grad)
+        with _LOCK:
+            hit = _CACHE.get(key)
+            if hit is not None and hit[0]() is graph:
+                return hit[1]
+        prog = cls(graph, of, wrt, mode, activations, provider, threads, conv_input_grad)
+        with _LOCK:
+            hit = _CACHE.get(key)
+            if hit is not None and hit[0]() is graph:
+                return hit[1]
+            if not any(k[0] == id(graph) for k in _CACHE):
+                weakref.finalize(graph, _evict, id(graph))
+            _CACHE[key] = (weakref.ref(graph), prog)
+        return prog
+
+    def run(self, feeds: dict[str, np.ndarray], seed: np.ndarray) -> dict[str, np.ndarray]:
+        """``{"grad:"+wrt: gradient, activation: value, of: value}`` for one forward + backward pass."""
+        inputs = {}
+        for name in self.input_names:
+            if name not in feeds:
+                raise InputError(f"missing input {name!r} for the gradient computation")
+            inputs[name] = feeds[name]
+        inputs[self.seed_name] = np.asarray(seed)
+        try:
+            values = self.session.run(self.output_names, inputs)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"ONNX Runtime failed on this input: {_first_line(exc)}") from None
+        out = dict(zip(self.output_names, values, strict=True))
+        for name in self._from_feeds:
+            if name in feeds:
+                out[name] = np.asarray(feeds[name])
+        return out
+
+
+def clear_cache() -> None:
+    """Drop every cached program (tests, benchmarks)."""
+    with _LOCK:
+        _CACHE.clear()
