@@ -152,16 +152,18 @@ class NetSpec:
     input_scale: float = 1.0
     weight_scale: float = 1.0  # conv/linear weights multiplied by this after init (ReLU6 saturation)
     has_relu6: bool = False
+    last_block: str = ""  # the module whose output is the last conv block's (the default Grad-CAM layer)
     alt_target: int = 7  # a second class whose Grad-CAM sum Σ α_k A_k has mixed signs (Grad-CAM and its
     #                      counterfactual both non-zero at ``layer``)
 
 
 SPECS: dict[str, NetSpec] = {
-    "plain": NetSpec("plain", PlainNet, layer="features.7", extra_layers=("features.4", "features.1"), alt_target=5),
-    "resnet": NetSpec("resnet", ResNet, layer="layer2", extra_layers=("layer1", "layer2.relu1")),
+    "plain": NetSpec("plain", PlainNet, layer="features.7", extra_layers=("features.4", "features.1"), alt_target=5,
+                      last_block="features.7"),
+    "resnet": NetSpec("resnet", ResNet, layer="layer2", extra_layers=("layer1", "layer2.relu1"), last_block="layer2"),
     "mobile": NetSpec("mobile", MobileNet, layer="head.2", extra_layers=("down.2", "block.dw.2"),
-                      input_scale=3.0, weight_scale=3.0, has_relu6=True),
-    "senet": NetSpec("senet", SENet, layer="se", extra_layers=("down.1", "conv.1")),
+                      input_scale=3.0, weight_scale=3.0, has_relu6=True, last_block="head.2"),
+    "senet": NetSpec("senet", SENet, layer="se", extra_layers=("down.1", "conv.1"), last_block="down.1"),
 }
 
 

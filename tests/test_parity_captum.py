@@ -191,11 +191,11 @@ def ref_guided_gradcam(exp, c, interpolate_mode: str = "nearest"):
     return ref_guided(exp, c) * _np(up)
 
 
-def ref_occlusion(exp, c, window=OCC_WINDOW, stride=OCC_STRIDE):
+def ref_occlusion(exp, c, window=OCC_WINDOW, stride=OCC_STRIDE, baseline=0.0):
     occ = captum_attr.Occlusion(exp.net)
     ch = exp.x.shape[1]
     a = occ.attribute(_xt(exp), sliding_window_shapes=(ch, window, window), strides=(ch, stride, stride),
-                      baselines=0, target=c, perturbations_per_eval=64)
+                      baselines=baseline, target=c, perturbations_per_eval=64)
     return _np(a)[0, 0]
 
 
@@ -262,6 +262,15 @@ def test_gradcam_other_layers(nets, model):
         by_node = ex.explain(exp.x.copy(), method="gradcam", target=c, layer=node).attribution
         check(f"{model}/gradcam@{path}[captum]", by_tensor, ref)
         np.testing.assert_array_equal(by_node, by_tensor)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_gradcam_default_layer_is_last_block(nets, model):
+    """layer=None: onnxfix picks the last conv block's output (pytorch-grad-cam's advice), equal to Captum there."""
+    exp, ex = nets(model)
+    _, c = _target(exp, "top")
+    e = ex.explain(exp.x.copy(), method="gradcam", target=c)
+    check(f"{model}/gradcam@auto[captum]", e.attribution, ref_layer_gradcam(exp, c, layer=exp.spec.last_block))
 
 
 def test_layer_mapping_is_exact(nets):
@@ -349,15 +358,17 @@ def test_mobile_relu6_saturates():
 # ----------------------------------------------------------------------------------------------- occlusion extras
 
 
-@pytest.mark.parametrize("window,stride", [(4, 4), (16, 8), (6, 4), (5, 3), (12, 7)])
-def test_occlusion_window_stride(nets, window, stride):
-    """Other windows/strides. When (H − k) is not a multiple of s, Captum places ceil((H − k)/s) + 1 windows, the
-    last one clipped at the border, so every pixel is covered: (6, 4), (5, 3) and (12, 7) on 32 px check that."""
+@pytest.mark.parametrize("window,stride,baseline", [(4, 4, 0.0), (16, 8, 0.0), (6, 4, 0.0), (5, 3, 0.0),
+                                                    (12, 7, 0.0), (8, 4, 0.5)])
+def test_occlusion_window_stride(nets, window, stride, baseline):
+    """Other windows/strides/baselines. When (H − k) is not a multiple of s, Captum places ceil((H − k)/s) + 1
+    windows, the last one clipped at the border, so every pixel is covered: (6, 4) and (12, 7) on 32 px check that."""
     exp, ex = nets("mobile")  # the net with the largest score drops: float32 cancellation stays far below 1e-4
     _, c = _target(exp, "top")
     e = ex.explain(exp.x.copy(), method="occlusion", target=c, window=(window, window), stride=(stride, stride),
-                   baseline=0.0)
-    check(f"mobile/occlusion[captum]/w{window}s{stride}", e.attribution, ref_occlusion(exp, c, window, stride))
+                   baseline=baseline)
+    check(f"mobile/occlusion[captum]/w{window}s{stride}b{baseline}", e.attribution,
+          ref_occlusion(exp, c, window, stride, baseline))
 
 
 # ----------------------------------------------------------------------------------------------- Explainer.gradient

@@ -80,12 +80,13 @@ class Builder:
     """Emits the backward nodes of one request; what a VJP rule sees as ``b``."""
 
     def __init__(self, graph: Graph, mode: str, reach: set[str], conv_input_grad: str = "auto",
-                 prefix: str = "grad/"):
+                 float_dtype: Any = np.float32, prefix: str = "grad/"):
         self.graph = graph
         self.mode = mode
         self.reach = reach
         self.conv_input_grad = conv_input_grad
         self.prefix = prefix
+        self._float = np.dtype(float_dtype)
         self.opset = graph.opset
         self.required_opset = MIN_OPSET
         self.nodes: list[onnx.NodeProto] = []
@@ -100,7 +101,8 @@ class Builder:
             self._sym[vi.name] = _sym_dims(vi)
         for name, arr in graph.constants.items():
             self._sym[name] = tuple(int(d) for d in arr.shape)
-        self._extra_shapes: dict[str, tuple[Dim, ...]] = {}
+        self.seed = self.fresh("seed")  # the name of the seed input
+        self.grads: dict[str, str] = {}  # wrt tensor → name of its gradient (filled by the build)
 
     # -- names and nodes --------------------------------------------------------------------------------------------
     def fresh(self, hint: str) -> str:
@@ -154,12 +156,11 @@ class Builder:
         return t.dtype if t is not None else None
 
     def float_dtype(self, like: str | None = None) -> np.dtype:
+        """The dtype of tensor ``like`` if it is a float tensor, else the float dtype of the build (of ``of``)."""
         dt = self.dtype(like) if like else None
         if dt is None or dt.kind != "f":
             dt = self._float
         return np.dtype(dt)
-
-    _float = np.dtype(np.float32)
 
     def is_float(self, name: str) -> bool:
         dt = self.dtype(name)
@@ -177,17 +178,11 @@ class Builder:
 
     def sym(self, name: str) -> tuple[Dim, ...] | None:
         """Shape with ints where static, ``dim_param`` strings where symbolic, ``None`` where unknown."""
-        if name in self._extra_shapes:
-            return self._extra_shapes[name]
         s = self._sym.get(name)
         if s is None:
             t = self.graph.tensors.get(name)
             s = t.shape if t is not None else None
         return s
-
-    def set_sym(self, name: str, shape: Sequence[Dim]) -> None:
-        """Record the shape of a backward tensor (for rules further up that ask)."""
-        self._extra_shapes[name] = tuple(shape)
 
     def shape(self, name: str) -> tuple[int | None, ...] | None:
         """Static shape: ints, ``None`` per dimension that is not known at build time."""
@@ -466,10 +461,9 @@ def build_backward(graph: Graph, of: str, wrt: Sequence[str], mode: str = "gradi
 
 def _backward(graph: Graph, of: str, wrt: list[str], mode: str, nodes: list[Node], conv_input_grad: str) -> Builder:
     reach = set(wrt) | {o for n in nodes for o in n.outputs if o}
-    b = Builder(graph, mode, reach, conv_input_grad)
     t = graph.tensors[of]
-    b._float = t.dtype if t.dtype is not None and t.dtype.kind == "f" else np.dtype(np.float32)
-    b.seed = b.fresh("seed")
+    b = Builder(graph, mode, reach, conv_input_grad,
+                float_dtype=t.dtype if t.dtype is not None and t.dtype.kind == "f" else np.float32)
     pending: dict[str, list[str]] = {of: [b.seed]}
     totals: dict[str, str | None] = {}
 
@@ -497,7 +491,6 @@ def _backward(graph: Graph, of: str, wrt: list[str], mode: str, nodes: list[Node
             if g is None or not b.needs(name):
                 continue
             pending.setdefault(name, []).append(g)
-    b.grads = {}
     for w in wrt:
         g = total(w)
         b.grads[w] = g if g is not None else b.zeros_like(w)

@@ -1,10 +1,12 @@
 """VJP rules, one small function per ONNX op type (DESIGN §3). See registry.py for the calling convention.
 
-Backward ops in brief (docs/autodiff.md has the reasons):
+Backward ops in brief (docs/autodiff.md has the reasons and the measurements):
 
 * **Conv** — input gradient by a ``Conv`` with the spatially flipped, per-group channel-swapped kernel where every
-  stride is 1 (15× faster than a grouped ``ConvTranspose`` for depthwise convs), else ``ConvTranspose`` with the end
-  pads/``output_padding`` that give back the input size exactly; bias gradient by ``ReduceSum``.
+  stride is 1 (15× faster than a grouped ``ConvTranspose`` for depthwise convs); a ``MatMul`` for 1×1 pointwise
+  convs; zeros inserted between gradient elements then the flipped-kernel ``Conv`` for strided depthwise convs;
+  ``ConvTranspose`` with the end pads/``output_padding`` that give back the input size exactly for the rest.
+  Bias gradient by ``ReduceSum``.
 * **MaxPool** — recompute with the ``Indices`` output and ``ScatterElements(reduction="add")``.
 * **AveragePool** — ``ConvTranspose`` of the gradient (channels folded into the batch) with a ones kernel, scaled
   per output window by 1/divisor, the divisor read from ORT's own ``AveragePool`` of ones (so ``pads``,
@@ -443,28 +445,32 @@ def conv_flipped_back(b: Builder, g: str, w: str, S, O, k, d, pads, group: int, 
 
 
 def conv_zero_insert_back(b: Builder, g: str, w: str, S, O, k, s, d, pads, group: int, like: str) -> str | None:
-    """Strided input gradient as zeros inserted between gradient elements (Reshape/Pad/Reshape) followed by the
-    flipped-kernel ``Conv``; used for depthwise convs, whose grouped ``ConvTranspose`` is slow in ORT."""
+    """Strided input gradient: zeros inserted between the gradient's elements, then the flipped-kernel ``Conv``.
+    Used for depthwise convs, whose grouped ``ConvTranspose`` is slower in ORT. The zeros go in with a one-channel
+    ``ConvTranspose`` of a 1×1 ones kernel over (N·C, 1, O…), which just spreads the elements s apart."""
     n = len(S)
-    if n != 2:
-        return None
     nb = [(k[i] - 1) * d[i] - pads[i] for i in range(n)]
     L = [s[i] * (O[i] - 1) + 1 for i in range(n)]
     ne = [S[i] - L[i] - nb[i] + (k[i] - 1) * d[i] for i in range(n)]
     if min(nb + ne) < 0:
         return None
-    # (N, C, H, W) → (N, C, H, 1, W, 1) → pad to (N, C, H, s, W, s) → (N, C, H·s, W·s) → crop to L
-    u = b.op("Unsqueeze", [g, b.ints([3, 5])])
-    u = b.op("Pad", [u, b.ints([0, 0, 0, 0, 0, 0, 0, 0, 0, s[0] - 1, 0, s[1] - 1])])
-    u = b.op("Reshape", [u, b.ints([0, 0, O[0] * s[0], O[1] * s[1]])])
-    crop = [O[i] * s[i] - L[i] for i in range(n)]
-    if min(ne[i] - crop[i] for i in range(n)) >= 0:
-        ne = [ne[i] - crop[i] for i in range(n)]  # keep the trailing zeros, pad less
-    elif any(crop):
-        u = b.op("Slice", [u, b.ints([0, 0]), b.ints(L), b.ints([2, 3])])
+    C = int(b.value(w).shape[0])
+    u = b.op("Reshape", [g, b.ints([-1, 1] + list(O))])
+    one = b.const(np.ones([1, 1] + [1] * n), like=like)
+    u = b.op("ConvTranspose", [u, one], strides=list(s), kernel_shape=[1] * n, hint="spread")  # (N·C, 1, L…)
+    u = b.op("Reshape", [u, b.ints([-1, C] + L)])
     wf = b.const(flipped_kernel(b.value(w), group), like=like)
     return b.op("Conv", [u, wf], pads=nb + ne, dilations=list(d), strides=[1] * n,
                 group=group if group != 1 else None, kernel_shape=list(k), hint="convzi")
+
+
+def conv_pointwise_back(b: Builder, g: str, w: str, x: str) -> str:
+    """A 1×1, stride-1, unpadded, ungrouped conv is a matrix product over channels: its input gradient is
+    ``Wᵀ · g`` as a ``MatMul`` on (N, M, H·W) — no layout reorders, unlike an NCHWc ``Conv``."""
+    wt = b.const(b.value(w).reshape(b.value(w).shape[:2]).T.copy(), like=x)  # (C, M)
+    M = int(b.value(w).shape[0])
+    flat = b.op("Reshape", [g, b.ints([0, M, -1])])
+    return b.op("Reshape", [b.op("MatMul", [wt, flat], hint="pointwise"), b.shape_tensor(x)])
 
 
 @vjp("Conv")
@@ -491,9 +497,13 @@ def conv(b: Builder, node: Node, gy):
         choice = b.conv_input_grad
         res = None
         if b.is_const(w) and choice != "transpose":
-            if all(v == 1 for v in s):
+            wv = b.value(w)
+            pointwise = (all(v == 1 for v in k) and all(v == 1 for v in s) and not any(pads) and group == 1)
+            if pointwise and choice == "auto":
+                res = conv_pointwise_back(b, g, w, x)
+            elif all(v == 1 for v in s):
                 res = conv_flipped_back(b, g, w, S, O, k, d, pads, group, like=x)
-            elif choice == "conv" or _is_depthwise(b.value(w), group):
+            elif choice == "conv" or _is_depthwise(wv, group):
                 res = conv_zero_insert_back(b, g, w, S, O, k, s, d, pads, group, like=x)
         if res is None:
             res = conv_transpose_back(b, g, w, S, O, k, s, d, pads, group)
@@ -508,8 +518,8 @@ def _is_depthwise(w: np.ndarray, group: int) -> bool:
     return group > 1 and w.shape[1] == 1
 
 
-def _pool_attrs(a: dict, S: list[int], with_dilations: bool) -> dict:
-    n = len(S)
+def _pool_attrs(a: dict, n: int) -> dict:
+    """The pooling attributes to re-emit (dilations only where they are not 1: AveragePool has them from opset 19)."""
     attrs = {"kernel_shape": list(a["kernel_shape"]), "strides": list(a.get("strides") or [1] * n),
              "ceil_mode": int(a.get("ceil_mode", 0))}
     auto = a.get("auto_pad", "NOTSET") or "NOTSET"
@@ -518,7 +528,7 @@ def _pool_attrs(a: dict, S: list[int], with_dilations: bool) -> dict:
     else:
         attrs["pads"] = list(a.get("pads") or [0] * (2 * n))
     d = list(a.get("dilations") or [1] * n)
-    if with_dilations or any(v != 1 for v in d):
+    if any(v != 1 for v in d):
         attrs["dilations"] = d
     return attrs
 
@@ -532,14 +542,13 @@ def max_pool(b: Builder, node: Node, gy):
     if len(node.outputs) > 1 and node.outputs[1] and int(node.attrs.get("storage_order", 0)) == 0:
         idx = node.outputs[1]
     else:
-        r = b.rank(x)
-        S = [0] * ((r or 4) - 2)
-        attrs = _pool_attrs(node.attrs, S, with_dilations=False)
+        attrs = _pool_attrs(node.attrs, len(node.attrs["kernel_shape"]))
         _, idx = b.op("MaxPool", [x], n_outputs=2, hint="maxpool_idx", **attrs)
     return [b.scatter_back(x, idx, g)]
 
 
-def _ort_pool_of_ones(S: list[int], attrs: dict, dtype) -> np.ndarray:
+def _ort_pool_of_ones(S: list[int], attrs: dict) -> np.ndarray:
+    """ORT's AveragePool of a (1, 1, *S) ones tensor: the mean of ones per window, i.e. real elements/divisor."""
     import onnxruntime as ort
     from onnx import TensorProto
 
@@ -556,7 +565,7 @@ def _ort_pool_of_ones(S: list[int], attrs: dict, dtype) -> np.ndarray:
 
 @vjp("AveragePool")
 def average_pool(b: Builder, node: Node, gy):
-    x, y, g = node.inputs[0], node.outputs[0], gy[0]
+    x, g = node.inputs[0], gy[0]
     S = _spatial(b, node, x)
     n = len(S)
     a = node.attrs
@@ -564,10 +573,10 @@ def average_pool(b: Builder, node: Node, gy):
     s = list(a.get("strides") or [1] * n)
     d = list(a.get("dilations") or [1] * n)
     pads = resolve_pads(dict(a, strides=s, dilations=d), S)
-    attrs = _pool_attrs(a, S, with_dilations=False)
+    attrs = _pool_attrs(a, n)
     # 1/divisor per output window, exactly as ORT divides: AveragePool(ones) / (number of real elements), with
     # AveragePool(ones) evaluated now by ORT itself (its output size under ceil_mode is ORT's, too).
-    pooled_ones = _ort_pool_of_ones(S, dict(attrs, count_include_pad=int(a.get("count_include_pad", 0))), b.dtype(x))
+    pooled_ones = _ort_pool_of_ones(S, dict(attrs, count_include_pad=int(a.get("count_include_pad", 0))))
     O = list(pooled_ones.shape[2:])
     counts = np.ones(O)
     for i in range(n):
