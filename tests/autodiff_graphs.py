@@ -470,6 +470,15 @@ def _pad(seed):
     return simple("pad", nodes, {"x": x}, consts)
 
 
+@case("opset18_pad_axes_split")
+def _pad18(seed):
+    r = _rng(seed)
+    nodes = [N("Pad", ["x", "p", "", "ax"], "a"), N("Split", ["a"], ["s0", "s1"], axis=1, num_outputs=2),
+             N("Mul", ["s1", "w"], "y")]
+    return simple("opset18_pad_axes_split", nodes, {"x": r.standard_normal((2, 3, 5))},
+                  {"p": np.array([2, 1, -1, 0]), "ax": np.array([-1, 1]), "w": r.standard_normal((2, 2, 6))}, opset=18)
+
+
 @case("gather")
 def _gather(seed):
     r = _rng(seed)

@@ -32,7 +32,8 @@ except ImportError:
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"
 REAL = ROOT / ".cache" / "real_models" / "models"
-SEEDS = (0, 1)
+#: Random seeds of the finite-difference cases; ONNXFIX_AUTODIFF_SEEDS="3,17,…" draws other graphs and inputs.
+SEEDS = tuple(int(v) for v in os.environ.get("ONNXFIX_AUTODIFF_SEEDS", "0,1").split(","))
 #: Worst relative error seen per test family; printed at the end when ONNXFIX_AUTODIFF_REPORT=1 (with -s).
 WORST: dict[str, float] = {}
 
@@ -332,6 +333,7 @@ def test_program_cache_and_weakref():
     graph = Graph.from_model(_chain_model())
     p1 = GradientProgram.get(graph, "logits", ["r2"])
     assert GradientProgram.get(graph, "logits", ["r2"]) is p1
+    assert GradientProgram(graph, of="logits", wrt=["r2"]) is p1  # constructing is cached too
     p2 = GradientProgram.get(graph, "logits", ["r2"], mode="guided")
     assert p2 is not p1 and len(P._CACHE) == 2
     x = np.random.default_rng(0).standard_normal((1, 3, 6, 6)).astype(np.float32)

@@ -448,6 +448,10 @@ def build(spec: Spec) -> dict:
 
 
 # ============================================================================================ README
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
 def fmt_ops(ops: dict) -> str:
     return ", ".join(f"{k}×{v}" for k, v in ops.items())
 
@@ -464,7 +468,7 @@ def write_readme(info: dict) -> None:
             acc += f" per token ({100 * i['heldout_sequence_accuracy']:.1f}% whole captions)"
         acc += f" on {i['heldout_n']}"
         rows.append(
-            f"| `{spec.name}` | {i['what']}. Classes: {', '.join(spec.labels)} | `image` {shape} "
+            f"| `{spec.name}` | {_cell(i['what'])}. Classes: {', '.join(spec.labels)} | `image` {shape} "
             f"{i['channels']} → `logits` {'×'.join(str(v) for v in i['output_shape'])} | "
             f"{fmt_ops(i['ops'])} | {i['data']}; {i['epochs']} epochs AdamW (one-cycle, max lr {i['lr']}), "
             f"batch {i['batch_size']}, CPU, fixed seeds | {acc} | {i['size_bytes'] / 1024:.0f} KiB, "
@@ -476,7 +480,7 @@ Inception Concat, MobileNet depthwise/SE, LSTM captioner) can be tried without d
 All of them are trained on synthetic but learnable tasks, so the explanations should land on the
 object: each `NAME.json` gives the ground-truth box(es) of the object(s) in `NAME.png`.
 
-Rebuild (CPU, 2 threads, deterministic seeds, a few minutes):
+Rebuild (CPU, 2 threads, deterministic seeds; about 5–8 minutes on two otherwise idle cores):
 
     python tools/build_samples.py              # all models
     python tools/build_samples.py --only captioner
@@ -517,7 +521,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", choices=list(BY_NAME), action="append",
                     help="build just this model (repeatable); the others' files are left alone")
+    ap.add_argument("--readme", action="store_true", help="only rewrite README.md from build_info.json")
     args = ap.parse_args(argv)
+    if args.readme:
+        write_readme(json.loads((OUT_DIR / INFO_FILE).read_text()))
+        return 0
     names = args.only or [s.name for s in SPECS]
     OUT_DIR.mkdir(exist_ok=True)
     info_path = OUT_DIR / INFO_FILE

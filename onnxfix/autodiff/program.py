@@ -1,9 +1,9 @@
 """A built backward pass with its ONNX Runtime session, cached per request (DESIGN §1: never a session per call).
 
-``GradientProgram.get(graph, of, wrt, mode, activations)`` returns the cached program for that request — the cache
-is keyed by ``id(graph)`` plus the request and holds only a weak reference to the graph, so programs go away with
-their graph. ``run(feeds, seed)`` is one ``InferenceSession.run`` call that returns the forward value of ``of``, the
-requested activations and ``d(of · seed)/d(wrt)`` for each ``wrt`` tensor.
+``GradientProgram(graph, of, wrt, mode, activations)`` (or ``.get``) returns the cached program for that request —
+the cache is keyed by ``id(graph)`` plus the request and holds only a weak reference to the graph, so programs go
+away with their graph. ``run(feeds, seed)`` is one ``InferenceSession.run`` call that returns the forward value of
+``of``, the requested activations and ``d(of · seed)/d(wrt)`` for each ``wrt`` tensor.
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:400] if text else type(exc).__name__
 
 
+def _key(graph: Graph, of: str, wrt: Sequence[str], mode: str, activations: Sequence[str], provider: str,
+         threads: int | None, conv_input_grad: str) -> tuple:
+    return (id(graph), of, tuple(wrt), mode, tuple(activations), provider, threads, conv_input_grad)
+
+
 def _evict(graph_id: int) -> None:
     with _LOCK:
         for key in [k for k in _CACHE if k[0] == graph_id]:
@@ -38,11 +43,28 @@ def _evict(graph_id: int) -> None:
 
 
 class GradientProgram:
-    """The forward + backward model of one request and its session."""
+    """The forward + backward model of one request and its session.
+
+    Constructing one is cached: ``GradientProgram(graph, of, wrt, …)`` with the same graph object and the same
+    request returns the program built the first time (so does :meth:`get`)."""
+
+    def __new__(cls, graph: Graph, of: str, wrt: Sequence[str], mode: str = "gradient",
+                activations: Sequence[str] = (), provider: str = "cpu", threads: int | None = None,
+                conv_input_grad: str = "auto"):
+        key = _key(graph, of, wrt, mode, activations, provider, threads, conv_input_grad)
+        with _LOCK:
+            hit = _CACHE.get(key)
+            if hit is not None and hit[0]() is graph:
+                return hit[1]
+        self = super().__new__(cls)
+        self._built = False
+        return self
 
     def __init__(self, graph: Graph, of: str, wrt: Sequence[str], mode: str = "gradient",
                  activations: Sequence[str] = (), provider: str = "cpu", threads: int | None = None,
                  conv_input_grad: str = "auto"):
+        if self._built:
+            return
         self.of = of
         self.wrt = tuple(dict.fromkeys(wrt))
         self.mode = mode
@@ -65,26 +87,19 @@ class GradientProgram:
         self.input_names = [i.name for i in self.session.get_inputs() if i.name != self.seed_name]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._from_feeds = [a for a in (of, *self.activations) if a not in self.output_names]
+        self._built = True
+        key = _key(graph, of, wrt, mode, activations, provider, threads, conv_input_grad)
+        with _LOCK:
+            if not any(k[0] == id(graph) for k in _CACHE):
+                weakref.finalize(graph, _evict, id(graph))
+            _CACHE.setdefault(key, (weakref.ref(graph), self))
 
     @classmethod
     def get(cls, graph: Graph, of: str, wrt: Sequence[str], mode: str = "gradient",
             activations: Sequence[str] = (), provider: str = "cpu", threads: int | None = None,
             conv_input_grad: str = "auto") -> GradientProgram:
-        """The cached program for this request (built on first use)."""
-        key = (id(graph), of, tuple(wrt), mode, tuple(activations), provider, threads, conv_input_grad)
-        with _LOCK:
-            hit = _CACHE.get(key)
-            if hit is not None and hit[0]() is graph:
-                return hit[1]
-        prog = cls(graph, of, wrt, mode, activations, provider, threads, conv_input_grad)
-        with _LOCK:
-            hit = _CACHE.get(key)
-            if hit is not None and hit[0]() is graph:
-                return hit[1]
-            if not any(k[0] == id(graph) for k in _CACHE):
-                weakref.finalize(graph, _evict, id(graph))
-            _CACHE[key] = (weakref.ref(graph), prog)
-        return prog
+        """The cached program for this request (built on first use); the same as calling the class."""
+        return cls(graph, of, wrt, mode, activations, provider, threads, conv_input_grad)
 
     def run(self, feeds: dict[str, np.ndarray], seed: np.ndarray) -> dict[str, np.ndarray]:
         """``{"grad:"+wrt: gradient, activation: value, of: value}`` for one forward + backward pass."""
