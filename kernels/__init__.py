@@ -1,5 +1,6 @@
 """Numba kernels behind onnxfix: convolution/pooling/FC backtracking and fixation density maps."""
 
+from .components import label_components
 from .conv import conv_backtrack
 from .density import gaussian_blur, neighbour_counts, splat
 from .fc import fc_positive
@@ -13,4 +14,5 @@ __all__ = [
     "splat",
     "gaussian_blur",
     "neighbour_counts",
+    "label_components",
 ]

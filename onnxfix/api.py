@@ -213,7 +213,7 @@ class Explainer:
             if n not in g.tensors:
                 raise InputError(f"no tensor or node {n!r} in this model")
         x, _, _ = self.prepare(image)
-        prog = GradientProgram(g, of=of, wrt=names, mode=mode, provider=mdl.provider)
+        prog = GradientProgram(g, of=of, wrt=names, mode=mode, provider=mdl.provider, threads=mdl.runtime.threads)
         if seed is None:
             values = mdl.runtime.run({mdl.input: x}, [of])
             out = values[of]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from onnxfix.kernels import gaussian_blur, neighbour_counts, splat
+from onnxfix.kernels import gaussian_blur, label_components, neighbour_counts, splat
 
 DENSITY_MAX_SIDE = 512
 DENSITY_GRID_SIGMA = 4.0
@@ -82,46 +82,6 @@ def fixation_box(points: np.ndarray, hw: tuple[int, int], min_fraction: float = 
     return [float(keep[:, 0].min()), float(keep[:, 1].min()), float(keep[:, 0].max()), float(keep[:, 1].max())]
 
 
-def _components(mask: np.ndarray) -> np.ndarray:
-    """8-connected component labels (0 = background) by union-find over runs; pure numpy/python."""
-    h, w = mask.shape
-    labels = np.zeros((h, w), np.int64)
-    parent = [0]
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    nxt = 1
-    for y in range(h):
-        row = mask[y]
-        for x in np.flatnonzero(row):
-            neigh = []
-            if x > 0 and labels[y, x - 1]:
-                neigh.append(labels[y, x - 1])
-            if y > 0:
-                for dx in (-1, 0, 1):
-                    xx = x + dx
-                    if 0 <= xx < w and labels[y - 1, xx]:
-                        neigh.append(labels[y - 1, xx])
-            if not neigh:
-                parent.append(nxt)
-                labels[y, x] = nxt
-                nxt += 1
-            else:
-                roots = [find(int(n)) for n in neigh]
-                r = min(roots)
-                labels[y, x] = r
-                for q in roots:
-                    parent[q] = r
-    if nxt > 1:
-        roots = np.array([find(i) for i in range(nxt)])
-        labels = roots[labels]
-    return labels
-
-
 def heatmap_box(heatmap: np.ndarray, threshold: float = 0.15, max_side: int = 256) -> list[float] | None:
     """Box around the largest connected component of ``heatmap >= threshold·max`` in the map's pixel frame."""
     m = np.asarray(heatmap, np.float32)
@@ -131,7 +91,7 @@ def heatmap_box(heatmap: np.ndarray, threshold: float = 0.15, max_side: int = 25
     f = min(1.0, max_side / max(h, w))
     small = resize_map(m, (max(1, round(h * f)), max(1, round(w * f)))) if f < 1 else m
     mask = small >= threshold * float(small.max())
-    lab = _components(mask)
+    lab = label_components(mask)
     if lab.max() == 0:
         return None
     sizes = np.bincount(lab.reshape(-1))

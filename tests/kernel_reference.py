@@ -126,3 +126,27 @@ def neighbour_counts_ref(points, radius) -> np.ndarray:
         dy = p[:, None, 1] - p[None, :, 1]
         d2 = dx * dx + dy * dy
     return (d2 <= r2).sum(axis=1).astype(np.int64)
+
+
+def label_components_ref(mask: np.ndarray) -> np.ndarray:
+    """8-connected components by breadth-first fill from each unlabelled pixel in row-major order."""
+    from collections import deque
+
+    h, w = mask.shape
+    labels = np.zeros((h, w), np.int64)
+    n = 0
+    for y in range(h):
+        for x in range(w):
+            if mask[y, x] and not labels[y, x]:
+                n += 1
+                labels[y, x] = n
+                q = deque([(y, x)])
+                while q:
+                    cy, cx = q.popleft()
+                    for dy in (-1, 0, 1):
+                        for dx in (-1, 0, 1):
+                            yy, xx = cy + dy, cx + dx
+                            if 0 <= yy < h and 0 <= xx < w and mask[yy, xx] and not labels[yy, xx]:
+                                labels[yy, xx] = n
+                                q.append((yy, xx))
+    return labels

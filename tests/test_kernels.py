@@ -77,6 +77,7 @@ def test_exports() -> None:
             "splat",
             "gaussian_blur",
             "neighbour_counts",
+            "label_components",
         ]
     )
 
@@ -366,3 +367,19 @@ def test_conv_backtrack_realistic_size() -> None:
     sub = slice(0, k, 400)
     exp = ref.conv_backtrack_ref(x, w, locs[sub], (1, 1), (1, 1), (1, 1), 1)
     np.testing.assert_array_equal(got[sub], exp)
+
+
+def test_label_components_matches_reference() -> None:
+    from onnxfix.kernels import label_components
+
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        h, w = int(rng.integers(1, 40)), int(rng.integers(1, 40))
+        mask = rng.random((h, w)) < rng.uniform(0.05, 0.7)
+        np.testing.assert_array_equal(label_components(mask), ref.label_components_ref(mask))
+    ring = np.zeros((7, 7), bool)
+    ring[1, 1:6] = ring[5, 1:6] = ring[1:6, 1] = ring[1:6, 5] = True
+    ring[3, 3] = True
+    lab = label_components(ring)
+    assert lab.max() == 2 and lab[3, 3] == 2  # the centre is not 8-connected to the ring
+    assert (label_components(np.eye(5, dtype=bool)) == np.eye(5, dtype=np.int64)).all()  # diagonals connect

@@ -43,8 +43,14 @@ def _axis(axis: int, rank: int | None) -> int:
     return axis
 
 
-def _where(b: Builder, cond: str, g: str, other: str | None = None) -> str:
-    return b.op("Where", [cond, g, other if other is not None else b.scalar(0.0, like=g)])
+def _where(b: Builder, cond: str, g: str, other: str | None = None, like: str | None = None) -> str:
+    """``g`` where ``cond``, else ``other`` (default 0). Against 0 it is ``g · Cast(cond)``: ORT's ``Where`` with a
+    broadcast scalar is 1.5–2× slower than ``Cast`` + ``Mul`` (the difference: a NaN/Inf in ``g`` stays NaN where
+    masked, where ``Where`` would give 0; a finite ``g`` gives the same numbers). ``like``: the forward tensor whose
+    gradient ``g`` is (for its dtype)."""
+    if other is None:
+        return b.mul(g, b.op("Cast", [cond], to=helper.np_dtype_to_tensor_dtype(b.float_dtype(like)), hint="mask"))
+    return b.op("Where", [cond, g, other])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -153,20 +159,20 @@ def expand(b: Builder, node: Node, gy):
 # Activations
 
 
-def _relu_mode(b: Builder, g: str, mask: str | None) -> str:
+def _relu_mode(b: Builder, g: str, mask: str | None, like: str) -> str:
     """The three ReLU backward rules; ``mask`` is the forward condition (x > 0, or 0 < x < max for ReLU6)."""
     if b.mode == "deconvnet":
         return b.op("Relu", [g])
     if b.mode == "guided":
-        return _where(b, mask, b.op("Relu", [g])) if mask is not None else b.op("Relu", [g])
-    return _where(b, mask, g) if mask is not None else g
+        return _where(b, mask, b.op("Relu", [g]), like=like) if mask is not None else b.op("Relu", [g])
+    return _where(b, mask, g, like=like) if mask is not None else g
 
 
 @vjp("Relu")
 def relu(b: Builder, node: Node, gy):
     # The mask reads the output (y > 0 ⇔ x > 0), so that ORT may still fuse the producer with the Relu.
     y = node.outputs[0]
-    return [_relu_mode(b, gy[0], b.op("Greater", [y, b.scalar(0.0, like=y)]))]
+    return [_relu_mode(b, gy[0], b.op("Greater", [y, b.scalar(0.0, like=y)]), like=y)]
 
 
 @vjp("Clip")
@@ -193,9 +199,9 @@ def clip(b: Builder, node: Node, gy):
     mask = conds[0] if len(conds) == 1 else (b.op("And", conds) if conds else None)
     out = _none(node)
     if relu_like:
-        out[0] = _relu_mode(b, g, mask)
+        out[0] = _relu_mode(b, g, mask, like=x)
     else:
-        out[0] = _where(b, mask, g) if mask is not None else g
+        out[0] = _where(b, mask, g, like=x) if mask is not None else g
     return out
 
 
@@ -238,7 +244,7 @@ def hard_sigmoid(b: Builder, node: Node, gy):
     y = node.outputs[0]
     alpha = float(node.attrs.get("alpha", 0.2))
     inside = b.op("And", [b.op("Greater", [y, b.scalar(0.0, like=y)]), b.op("Less", [y, b.scalar(1.0, like=y)])])
-    return [_where(b, inside, b.mul(gy[0], b.scalar(alpha, like=y)))]
+    return [_where(b, inside, b.mul(gy[0], b.scalar(alpha, like=y)), like=y)]
 
 
 @vjp("HardSwish")

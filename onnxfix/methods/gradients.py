@@ -26,7 +26,7 @@ def program(model: Model, wrt: list[str], mode: str = "gradient", activations: t
     from onnxfix.autodiff import GradientProgram
 
     return GradientProgram(model.graph, of=model.head.logits, wrt=list(wrt), mode=mode,
-                           activations=list(activations), provider=model.provider)
+                           activations=list(activations), provider=model.provider, threads=model.runtime.threads)
 
 
 def run_gradients(model: Model, x: np.ndarray, logits: np.ndarray, target: Target, wrt: list[str],
