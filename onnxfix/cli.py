@@ -123,6 +123,7 @@ def cmd_inspect(argv: list[str]) -> int:
     p.add_argument("model")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
+    from onnxfix.autodiff import VJP_RULES
     from onnxfix.fixations import RULES
     from onnxfix.methods import METHODS
     from onnxfix.model import Model
@@ -130,6 +131,7 @@ def cmd_inspect(argv: list[str]) -> int:
     m = Model(a.model)
     g = m.graph
     inv = g.op_inventory()
+    path = g.nodes_between([m.input], m.head.logits)  # the data path; Shape-only branches need no rules
     info = {
         "model": a.model,
         "opset": g.opset,
@@ -138,7 +140,8 @@ def cmd_inspect(argv: list[str]) -> int:
         "explained": {"output": m.head.output, "logits": m.head.logits, "class_axis": m.head.class_axis,
                       "time_axis": m.head.time_axis},
         "ops": dict(sorted(inv.items(), key=lambda kv: -kv[1])),
-        "fixations_rules_missing": sorted(op for op in inv if op not in RULES),
+        "fixations_rules_missing": sorted({n.op_type for n in path if n.op_type not in RULES}),
+        "autodiff_rules_missing": sorted({n.op_type for n in path if n.op_type not in VJP_RULES}),
         "methods": {name: (why or "ok") for name, why in ((n, meth.applies(m)) for n, meth in METHODS.items())},
     }
     try:
@@ -159,7 +162,9 @@ def cmd_inspect(argv: list[str]) -> int:
     print("preprocess", info["preprocess"])
     print("ops      " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()))
     miss = info["fixations_rules_missing"]
-    print("fixations rules missing for: " + (", ".join(miss) if miss else "none (every op has a rule)"))
+    print("fixations rules missing on the data path: " + (", ".join(miss) if miss else "none"))
+    miss = info["autodiff_rules_missing"]
+    print("gradient rules missing on the data path:  " + (", ".join(miss) if miss else "none"))
     print("methods:")
     for name, status in info["methods"].items():
         print(f"  {name:<16} {status}")

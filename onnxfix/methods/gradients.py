@@ -110,3 +110,7 @@ class InputGradient(Method):
     def input_gradient(self, model: Model, x: np.ndarray, values: dict, target: Target) -> np.ndarray:
         grads, _ = run_gradients(model, x, values[model.head.logits], target, [model.input], mode=self.mode)
         return grads[model.input].astype(np.float32)
+
+    def explain(self, model, x, values, target, **options):
+        g = self.input_gradient(model, x, values, target)
+        return Result(attribution=g, map=saliency_map(g, model))

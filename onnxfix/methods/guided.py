@@ -16,20 +16,12 @@ class GuidedBackprop(InputGradient):
     summary = "Guided Backprop: input gradient passing only positive signals through ReLUs"
     mode = "guided"
 
-    def explain(self, model, x, values, target, **options):
-        g = self.input_gradient(model, x, values, target)
-        return Result(attribution=g, map=saliency_map(g, model))
-
 
 @register_method
 class Deconvnet(InputGradient):
     name = "deconvnet"
     summary = "Deconvnet: input gradient with ReLUs applied to the backward signal only"
     mode = "deconvnet"
-
-    def explain(self, model, x, values, target, **options):
-        g = self.input_gradient(model, x, values, target)
-        return Result(attribution=g, map=saliency_map(g, model))
 
 
 @register_method
