@@ -167,7 +167,7 @@ class Explainer:
             pts = frame.to_image(res.points)
             inl = pts[maps.fixation_inliers(pts, image_hw)]
             heat = maps.density(inl, image_hw, maps.fixation_sigma(frame.input_hw, image_hw))
-            box = maps.fixation_box(inl, image_hw, min_fraction=0.0)
+            box = maps.bounding_box(inl)
         else:
             pts = None
             heat = maps.normalise(maps.resize_map(res.map, image_hw)) if res.map is not None else np.zeros(

@@ -78,8 +78,15 @@ def fixation_box(points: np.ndarray, hw: tuple[int, int], min_fraction: float = 
     pts = np.asarray(points, np.float64).reshape(-1, 2)
     if len(pts) == 0:
         return None
-    keep = pts[fixation_inliers(pts, hw, min_fraction, radius_fraction)]
-    return [float(keep[:, 0].min()), float(keep[:, 1].min()), float(keep[:, 0].max()), float(keep[:, 1].max())]
+    return bounding_box(pts[fixation_inliers(pts, hw, min_fraction, radius_fraction)])
+
+
+def bounding_box(points: np.ndarray) -> list[float] | None:
+    """Tightest [x0, y0, x1, y1] around (N, 2) points; None without points."""
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    if len(pts) == 0:
+        return None
+    return [float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max())]
 
 
 def heatmap_box(heatmap: np.ndarray, threshold: float = 0.15, max_side: int = 256) -> list[float] | None:
