@@ -35,6 +35,19 @@ def choose_providers(provider: str) -> tuple[list[str], str | None]:
     return _PROVIDERS[provider], None
 
 
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Options for every session onnxfix makes: quiet logs, ``threads`` (or $ONNXFIX_THREADS) intra-op threads,
+    and no spin-waiting. Spinning workers of one session (the forward) keep the cores busy after its run and starve
+    the next one (the gradient program): measured 48 ms instead of 23 ms for EfficientNet's input gradient."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 4  # failures reach the user as exceptions with ORT's message; no log lines on stderr
+    n = threads or int(os.environ.get("ONNXFIX_THREADS", "0") or 0)
+    if n:
+        so.intra_op_num_threads = n
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
 class Runtime:
     """Forward passes of a :class:`~onnxfix.graph.Graph` on ONNX Runtime."""
 
@@ -50,12 +63,7 @@ class Runtime:
 
     # -- sessions -----------------------------------------------------------------------------------------------
     def _options(self) -> ort.SessionOptions:
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        n = self.threads or int(os.environ.get("ONNXFIX_THREADS", "0") or 0)
-        if n:
-            so.intra_op_num_threads = n
-        return so
+        return session_options(self.threads)
 
     def _model_with_outputs(self, extra: Iterable[str]) -> onnx.ModelProto:
         g = self.graph

@@ -8,7 +8,6 @@ away with their graph. ``run(feeds, seed)`` is one ``InferenceSession.run`` call
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import weakref
@@ -20,7 +19,7 @@ import onnxruntime as ort
 from onnxfix.autodiff.builder import build_backward
 from onnxfix.errors import InputError, UnsupportedModel
 from onnxfix.graph import Graph
-from onnxfix.runtime import choose_providers
+from onnxfix.runtime import choose_providers, session_options
 
 _CACHE: dict[tuple, tuple[weakref.ref, GradientProgram]] = {}
 _LOCK = threading.Lock()
@@ -74,11 +73,7 @@ class GradientProgram:
         self.providers, self.fallback_message = choose_providers(provider)
         if self.fallback_message:
             print(f"onnxfix: {self.fallback_message}", file=sys.stderr)
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        n = threads or int(os.environ.get("ONNXFIX_THREADS", "0") or 0)
-        if n:
-            so.intra_op_num_threads = n
+        so = session_options(threads)
         try:
             self.session = ort.InferenceSession(self.model.SerializeToString(), so, providers=self.providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises many types; all mean "cannot run"

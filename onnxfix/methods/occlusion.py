@@ -2,7 +2,9 @@
 record how much the target logit drops; each pixel gets the mean drop over the windows that cover it (Captum's
 ``Occlusion`` semantics: windows at 0, s, 2s, …, ceil((dim − window)/s) + 1 of them, the last cut at the edge).
 
-Perturbed copies run through ONNX Runtime in batches when the model's batch axis is dynamic, one by one otherwise.
+Perturbed copies run through ONNX Runtime in batches. A model exported with a fixed batch of one is rewritten once
+into a batch-dynamic copy (symbolic batch axis; Reshapes whose constant shape starts with 1 copy the batch instead)
+and that copy is used only if a batch of two reproduces the batch-one output exactly; otherwise one by one.
 Defaults: a square window of 1/8 of the shorter input side (at least 2 px), stride half the window, baseline 0 in
 the preprocessed space (the dataset mean for mean/std-normalised models).
 """
@@ -10,9 +12,13 @@ the preprocessed space (the dataset mean for mean/std-normalised models).
 from __future__ import annotations
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
-from onnxfix.errors import InputError
+from onnxfix.errors import InputError, OnnxfixError
+from onnxfix.graph import Graph
 from onnxfix.methods.base import Method, Result, register_method
+from onnxfix.runtime import Runtime
 
 BATCH = 32
 
@@ -24,13 +30,61 @@ def _pair(v, name: str) -> tuple[int, int]:
     return t  # type: ignore[return-value]
 
 
+def _batch_dynamic_copy(model) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model.graph.model)
+    g = m.graph
+    for vi in list(g.input) + list(g.output):
+        dims = vi.type.tensor_type.shape.dim
+        if vi.name in (model.input, *model.graph.outputs) and len(dims) and dims[0].dim_value == 1:
+            dims[0].dim_param = "batch"
+    del g.value_info[:]
+    inits = {t.name: t for t in g.initializer}
+    for node in g.node:
+        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in inits:
+            shape = numpy_helper.to_array(inits[node.input[1]]).copy()
+            allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+            if shape.size and shape[0] == 1 and not allowzero:
+                shape[0] = 0
+                name = node.input[1] + "/batch"
+                if name not in inits:
+                    inits[name] = numpy_helper.from_array(shape, name)
+                    g.initializer.append(inits[name])
+                node.input[1] = name
+    return m
+
+
+def batched_runtime(model, x: np.ndarray) -> tuple[Runtime, int]:
+    """(runtime, batch size) for perturbed copies of ``x``; cached on the model."""
+    cached = getattr(model, "_occlusion_runtime", None)
+    if cached is not None:
+        return cached
+    shape = model.input_shape
+    result: tuple[Runtime, int] = (model.runtime, 1)
+    if not isinstance(shape[0], int) or shape[0] <= 0:
+        result = (model.runtime, BATCH)
+    else:
+        try:
+            rt = Runtime(Graph(_batch_dynamic_copy(model)), provider=model.provider, threads=model.runtime.threads)
+            name = model.head.logits
+            one = model.runtime.run({model.input: x}, [name])[name]
+            two = rt.run({model.input: np.concatenate([x, x])}, [name])[name]
+            axis = model.head.batch_axis if model.head.batch_axis is not None else 0
+            if two.shape[axis] == 2 and np.array_equal(np.take(two, [0], axis=axis), one) and \
+                    np.array_equal(np.take(two, [1], axis=axis), one):
+                result = (rt, BATCH)
+        except (OnnxfixError, ValueError, IndexError):
+            pass
+    model._occlusion_runtime = result
+    return result
+
+
 @register_method
 class Occlusion(Method):
     name = "occlusion"
     summary = "Occlusion: score drop when a sliding window is muted (model-agnostic, forward passes only)"
 
     def explain(self, model, x, values, target, window=None, stride=None, baseline=0.0, **options):
-        shape = model.input_shape
         nhwc = model.preprocess().layout == "nhwc"
         H, W = (x.shape[1], x.shape[2]) if nhwc else (x.shape[2], x.shape[3])
         k = _pair(window if window is not None else max(2, min(H, W) // 8), "window")
@@ -43,8 +97,7 @@ class Occlusion(Method):
         boxes = [(y, xx) for y in ys for xx in xs]
         logits_name = model.head.logits
         base = float(values[logits_name][target.coords])
-        dynamic = not isinstance(shape[0], int) or shape[0] <= 0
-        batch = BATCH if dynamic else 1
+        runtime, batch = batched_runtime(model, x)
         drops = np.empty(len(boxes), np.float64)
         for start in range(0, len(boxes), batch):
             chunk = boxes[start:start + batch]
@@ -54,7 +107,7 @@ class Occlusion(Method):
                     xb[j, y:y + k[0], xx:xx + k[1], :] = baseline
                 else:
                     xb[j, :, y:y + k[0], xx:xx + k[1]] = baseline
-            out = model.runtime.run({model.input: xb}, [logits_name])[logits_name]
+            out = runtime.run({model.input: xb}, [logits_name])[logits_name]
             for j in range(len(chunk)):
                 idx = list(target.coords)
                 idx[model.head.batch_axis if model.head.batch_axis is not None else 0] = j
