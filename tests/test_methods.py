@@ -126,3 +126,33 @@ def test_nan_weights_are_reported_not_rendered(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
     r = run_cli(p, img, "--out", tmp_path)
     assert r.returncode == 2 and "NaN" in r.stderr and not (tmp_path / "i.fixations.png").exists()
+
+
+def test_occlusion_batches_a_fixed_batch_model_and_agrees_with_one_by_one():
+    """A batch-1 export with Reshape([1, -1]) is rewritten batch-dynamic, validated, and gives the same map."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxfix.methods import occlusion as occ
+
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    fw = rng.normal(size=(5, 256)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Reshape", ["r", "shape"], ["f"]),
+             helper.make_node("Gemm", ["f", "fw"], ["logits"], transB=1)]
+    g = helper.make_graph(nodes, "fixed", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])],
+                          initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(fw, "fw"),
+                                       numpy_helper.from_array(np.array([1, -1], np.int64), "shape")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    batched = onnxfix.Explainer(m)
+    x = _x(batched)
+    a = batched.explain(x, method="occlusion", window=3, stride=2, target=4).attribution
+    runtime, batch = occ.batched_runtime(batched.model, x)
+    assert batch == occ.BATCH and runtime is not batched.model.runtime
+    single = onnxfix.Explainer(m)
+    single.model._occlusion_runtime = (single.model.runtime, 1)
+    b = single.explain(x, method="occlusion", window=3, stride=2, target=4).attribution
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
