@@ -153,14 +153,14 @@ class Explainer:
         t0 = time.perf_counter()
         x, frame, img = self.prepare(image)
         mdl = self.model
-        values = mdl.runtime.run({mdl.input: x}, m.forward_tensors(mdl))
+        opts = dict(options)
+        if layer is not None:
+            opts["layer"] = layer
+        values = mdl.runtime.run({mdl.input: x}, m.forward_tensors(mdl, **opts))
         logits = values[mdl.head.logits]
         if not np.isfinite(logits).all():
             raise InputError("the model produced NaN or Inf scores for this input; nothing to explain")
         tgt: Target = mdl.resolve_target(logits, target, step)
-        opts = dict(options)
-        if layer is not None:
-            opts["layer"] = layer
         res = m.explain(mdl, x, values, tgt, **opts)
         image_hw = frame.image_hw
         if res.points is not None:

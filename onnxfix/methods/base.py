@@ -35,8 +35,8 @@ class Method:
         """``None`` when the method can explain ``model``, else the reason it cannot."""
         return None
 
-    def forward_tensors(self, model: Model) -> list[str]:
-        """Tensors the forward pass must expose for :meth:`explain` (besides the outputs)."""
+    def forward_tensors(self, model: Model, **options: Any) -> list[str]:
+        """Tensors the forward pass must expose for :meth:`explain` (besides the outputs), given its options."""
         return [model.head.logits]
 
     def explain(self, model: Model, x: np.ndarray, values: dict[str, np.ndarray], target: Target,

@@ -56,7 +56,7 @@ class CAM(Method):
         head = cam_head(model)
         return head if isinstance(head, str) else None
 
-    def forward_tensors(self, model):
+    def forward_tensors(self, model, **options):
         head = cam_head(model)
         return [model.head.logits] + ([head[0]] if not isinstance(head, str) else [])
 

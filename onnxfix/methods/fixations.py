@@ -21,7 +21,7 @@ class Fixations(Method):
             return f"no fixation rule for {', '.join(kinds)} (node {miss[0].name})"
         return None
 
-    def forward_tensors(self, model):
+    def forward_tensors(self, model, **options):
         return needed_tensors(model.graph, model.input, model.head.logits)
 
     def explain(self, model, x, values, target, **options):

@@ -9,8 +9,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
+import onnx
+from onnx import helper
 
 from onnxfix.errors import InputError
+from onnxfix.graph import Graph
 from onnxfix.methods.base import Method, Result
 from onnxfix.methods.layers import resolve_layer
 from onnxfix.model import Model, Target
@@ -22,19 +25,49 @@ def seed_for(logits: np.ndarray, target: Target, sign: float = 1.0) -> np.ndarra
     return seed
 
 
-def program(model: Model, wrt: list[str], mode: str = "gradient", activations: tuple[str, ...] = ()):
-    from onnxfix.autodiff import GradientProgram
+def tail(model: Model, layer: str) -> tuple[Graph, list[str]]:
+    """The part of the graph between ``layer`` and the logits as a model of its own, and its inputs: ``layer`` and
+    every other non-constant tensor the tail reads (a skip connection, say), all taken from the first forward.
 
-    return GradientProgram(model.graph, of=model.head.logits, wrt=list(wrt), mode=mode,
-                           activations=list(activations), provider=model.provider, threads=model.runtime.threads)
+    Grad-CAM then differentiates only the tail — the forward is not run a second time (DESIGN §1: "Grad-CAM needs
+    only the tail")."""
+    cache = model.__dict__.setdefault("_tails", {})
+    if layer in cache:
+        return cache[layer]
+    g = model.graph
+    nodes = g.nodes_between([layer], model.head.logits)
+    produced = {o for n in nodes for o in n.outputs if o}
+    ins = [layer] + sorted({i for n in nodes for i in n.inputs
+                            if i and i not in produced and i not in g.constants and i != layer})
+    protos = {o: pn for pn in g.model.graph.node for o in pn.output}
+    pnodes = list({id(protos[n.outputs[0]]): protos[n.outputs[0]] for n in nodes}.values())
+    used = {i for pn in pnodes for i in pn.input}
+
+    def info(name: str) -> onnx.ValueInfoProto:
+        t = g.tensors[name]
+        elem = helper.np_dtype_to_tensor_dtype(t.dtype) if t.dtype is not None else onnx.TensorProto.FLOAT
+        dims = None if t.shape is None else [d if isinstance(d, int) and d > 0 else None for d in t.shape]
+        return helper.make_tensor_value_info(name, elem, dims)
+
+    sub = helper.make_graph(pnodes, "tail", [info(i) for i in ins], [info(model.head.logits)],
+                            initializer=[t for t in g.model.graph.initializer if t.name in used])
+    m = helper.make_model(sub, opset_imports=list(g.model.opset_import), ir_version=g.model.ir_version)
+    cache[layer] = (Graph.from_model(m), ins)
+    return cache[layer]
 
 
 def run_gradients(model: Model, x: np.ndarray, logits: np.ndarray, target: Target, wrt: list[str],
-                  mode: str = "gradient", activations: tuple[str, ...] = (),
-                  sign: float = 1.0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """({tensor: gradient of the target logit}, {tensor: activation}); NaN/Inf is an error, never a picture."""
-    prog = program(model, wrt, mode, activations)
-    out = prog.run({model.input: x}, seed_for(logits, target, sign))
+                  mode: str = "gradient", activations: tuple[str, ...] = (), sign: float = 1.0,
+                  graph: Graph | None = None,
+                  feeds: dict[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """({tensor: gradient of the target logit}, {tensor: activation}); NaN/Inf is an error, never a picture.
+
+    ``graph``/``feeds`` run a sub-model (a tail) instead of the whole model on ``x``."""
+    from onnxfix.autodiff import GradientProgram
+
+    prog = GradientProgram(graph or model.graph, of=model.head.logits, wrt=list(wrt), mode=mode,
+                           activations=list(activations), provider=model.provider, threads=model.runtime.threads)
+    out = prog.run(feeds if feeds is not None else {model.input: x}, seed_for(logits, target, sign))
     grads = {name: out["grad:" + name] for name in wrt}
     acts = {a: out[a] for a in activations}
     for kind, d in (("gradient", grads), ("activation", acts)):
@@ -88,11 +121,17 @@ class LayerCAM(Method):
         """(C,) channel weights from gradients and activations shaped (C, h, w)."""
         return grads.mean(axis=(1, 2))
 
+    def forward_tensors(self, model, layer=None, **options):
+        return [model.head.logits] + tail(model, resolve_layer(model, layer))[1]
+
     def explain(self, model, x, values, target, layer=None, **options):
         name = resolve_layer(model, layer)
-        grads, acts = run_gradients(model, x, values[model.head.logits], target, [name], activations=(name,),
-                                    sign=self.sign)
-        g, a = grads[name][0].astype(np.float64), acts[name][0].astype(np.float64)
+        sub, ins = tail(model, name)
+        if any(i not in values for i in ins):  # called from another method's forward (guided Grad-CAM)
+            values = {**values, **model.runtime.run({model.input: x}, ins)}
+        grads, _ = run_gradients(model, x, values[model.head.logits], target, [name], sign=self.sign, graph=sub,
+                                 feeds={i: values[i] for i in ins})
+        g, a = grads[name][0].astype(np.float64), values[name][0].astype(np.float64)
         w = self.weights(g, a)
         cam = np.maximum(np.tensordot(w, a, axes=(0, 0)), 0.0).astype(np.float32)
         return Result(attribution=cam, map=cam, extras={"layer": name, "weights": w.astype(np.float32)})
