@@ -98,17 +98,25 @@ class Explainer:
         self.model = Model(model, provider=provider, output=output, labels_file=labels, threads=threads)
         self._pre_overrides = dict(preprocess or {})
         self._spec: Preprocess | None = None
+        self._applies: dict[str, str | None] = {}
 
     @property
     def spec(self) -> Preprocess:
         """The preprocessing in use (inferred, then overridden)."""
         if self._spec is None:
             self._spec = self.model.preprocess(**self._pre_overrides)
+            self.model.layout = self._spec.layout
         return self._spec
 
     def methods(self) -> dict[str, str | None]:
         """Every method → ``None`` if it applies to this model, else why not."""
-        return {name: m.applies(self.model) for name, m in METHODS.items()}
+        return {name: self._why_not(name) for name in METHODS}
+
+    def _why_not(self, name: str) -> str | None:
+        """``METHODS[name].applies`` for this model, worked out once (it depends on the model alone)."""
+        if name not in self._applies:
+            self._applies[name] = METHODS[name].applies(self.model)
+        return self._applies[name]
 
     def prepare(self, image: Any) -> tuple[np.ndarray, Frame, Image.Image | None]:
         """Decode and preprocess ``image`` into the model's input tensor."""
@@ -145,7 +153,7 @@ class Explainer:
         m = METHODS.get(method)
         if m is None:
             raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-        why = m.applies(self.model)
+        why = self._why_not(method)
         if why:
             ok = [n for n, r in self.methods().items() if r is None]
             raise UnsupportedModel(f"{method} cannot explain this model: {why}; methods that work: "

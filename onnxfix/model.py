@@ -76,6 +76,9 @@ class Model:
         self.input = self._image_input()
         self.input_shape = self.graph.shape(self.input) or ()
         self.head = self._head(output)
+        #: "nchw" or "nhwc": the image input's layout (metadata or shape); the Explainer sets it from its
+        #: preprocessing, overrides included, so every method reads one answer
+        self.layout = self._layout()
         n_classes = self._dim(self.head.logits, self.head.class_axis)
         self.labels = find_labels(self.path, self.metadata, n_classes, labels_file)
 
@@ -91,6 +94,13 @@ class Model:
                 f"the model has {len(g.inputs)} inputs ({', '.join(g.inputs)}); onnxfix explains models with one "
                 f"image input — {', '.join(others)} would need values")
         return g.inputs[0]
+
+    def _layout(self) -> str:
+        try:
+            return infer_preprocess(self.input_shape if len(self.input_shape) == 4 else None, self.metadata,
+                                    self.input).layout
+        except InputError:
+            return "nchw"
 
     def _dim(self, tensor: str, axis: int) -> int | None:
         s = self.graph.shape(tensor)

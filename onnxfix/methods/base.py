@@ -55,10 +55,7 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 def input_points(model: Model, coords: np.ndarray) -> np.ndarray:
     """Unique (x, y) model-input pixels of index rows into the image input tensor (NCHW or NHWC)."""
-    shape = model.input_shape
-    nhwc = len(shape) == 4 and shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4)
-    if model.metadata.get("onnxfix.layout") in ("nchw", "nhwc"):
-        nhwc = model.metadata["onnxfix.layout"] == "nhwc"
+    nhwc = model.layout == "nhwc"
     if coords.size == 0:
         return np.zeros((0, 2), np.float64)
     ys, xs = (coords[:, 1], coords[:, 2]) if nhwc else (coords[:, 2], coords[:, 3])

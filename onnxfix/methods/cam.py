@@ -12,7 +12,14 @@ _VIEW = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout"}
 
 
 def cam_head(model) -> tuple[str, np.ndarray] | str:
-    """(feature map tensor, class weights (classes, C)) or the reason CAM does not apply."""
+    """(feature map tensor, class weights (classes, C)) or the reason CAM does not apply; worked out once per
+    model."""
+    if "_cam_head" not in model.__dict__:
+        model._cam_head = _find_cam_head(model)
+    return model._cam_head
+
+
+def _find_cam_head(model) -> tuple[str, np.ndarray] | str:
     g = model.graph
     node = g.producer(model.head.logits)
     if node is not None and node.op_type == "Add":  # MatMul + bias

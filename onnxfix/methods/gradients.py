@@ -92,8 +92,7 @@ def missing_rules_reason(model: Model, source: str) -> str | None:
 def saliency_map(grad: np.ndarray, model: Model) -> np.ndarray:
     """(H, W) display map of an input-shaped gradient: max over channels of |g| (Simonyan et al.)."""
     g = np.abs(grad[0])
-    nhwc = g.ndim == 3 and g.shape[-1] in (1, 3, 4) and g.shape[0] not in (1, 3, 4)
-    return g.max(axis=-1) if nhwc else g.max(axis=0)
+    return g.max(axis=-1) if model.layout == "nhwc" else g.max(axis=0)
 
 
 def nearest_upsample(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

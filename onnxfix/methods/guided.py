@@ -36,7 +36,7 @@ class GuidedGradCAM(InputGradient):
     def explain(self, model, x, values, target, layer=None, **options):
         g = self.input_gradient(model, x, values, target)
         cam = METHODS["gradcam"].explain(model, x, values, target, layer=layer).attribution
-        nhwc = g.shape[-1] in (1, 3, 4) and g.shape[1] not in (1, 3, 4)
+        nhwc = model.layout == "nhwc"
         hw = g.shape[1:3] if nhwc else g.shape[2:4]
         up = nearest_upsample(cam, hw).astype(g.dtype)
         att = g * (up[None, :, :, None] if nhwc else up[None, None])

@@ -85,7 +85,7 @@ class Occlusion(Method):
     summary = "Occlusion: score drop when a sliding window is muted (model-agnostic, forward passes only)"
 
     def explain(self, model, x, values, target, window=None, stride=None, baseline=0.0, **options):
-        nhwc = model.preprocess().layout == "nhwc"
+        nhwc = model.layout == "nhwc"
         H, W = (x.shape[1], x.shape[2]) if nhwc else (x.shape[2], x.shape[3])
         k = _pair(window if window is not None else max(2, min(H, W) // 8), "window")
         s = _pair(stride if stride is not None else (max(1, k[0] // 2), max(1, k[1] // 2)), "stride")
