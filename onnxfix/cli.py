@@ -3,6 +3,7 @@
     onnxfix MODEL IMAGE [IMAGE ...] [--method NAME] [--target INDEX|LABEL] [--top-k K] [--layer NAME] ...
     onnxfix inspect MODEL
     onnxfix methods
+    onnxfix evaluate | interpret | impression | view ...   (see SUBCOMMANDS below)
 
 Exit codes: 0 ok, 2 bad usage or unreadable input, 3 unsupported model. Errors are one line on stderr, never a
 traceback (set ONNXFIX_DEBUG=1 to see one). Outputs go to ``--out`` (default: the current folder) as
@@ -179,13 +180,30 @@ def cmd_methods(argv: list[str]) -> int:
     return 0
 
 
+# Subcommands other than explain: name -> "module:function" (imported only when used). A function takes the
+# argument list after the subcommand and returns the exit code; it raises OnnxfixError for user errors.
+SUBCOMMANDS: dict[str, str] = {
+    "inspect": "onnxfix.cli:cmd_inspect",
+    "methods": "onnxfix.cli:cmd_methods",
+    "evaluate": "onnxfix.evaluate.cli:cmd_evaluate",
+    "interpret": "onnxfix.interpret.cmd_interpret:cmd_interpret",
+    "impression": "onnxfix.interpret.cmd_views:cmd_impression",
+    "view": "onnxfix.interpret.cmd_views:cmd_view",
+}
+
+
+def _subcommand(name: str):
+    import importlib
+
+    module, func = SUBCOMMANDS[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] == "inspect":
-            return cmd_inspect(argv[1:])
-        if argv and argv[0] == "methods":
-            return cmd_methods(argv[1:])
+        if argv and argv[0] in SUBCOMMANDS:
+            return _subcommand(argv[0])(argv[1:])
         return cmd_explain(argv)
     except OnnxfixError as exc:
         print(f"onnxfix: error: {exc}", file=sys.stderr)

@@ -1,0 +1,1 @@
+"""Evaluation of explanations: metrics, datasets and ``onnxfix evaluate`` (issue #4)."""
