@@ -70,6 +70,8 @@ class Explanation:
         }
         if self.step is not None:
             d["target"]["step"] = self.step
+        if "textual" in self.extras:  # Grad-CAM §7 (onnxfix.methods.textual)
+            d["textual"] = self.extras["textual"]
         return d
 
 
@@ -90,12 +92,25 @@ class Explainer:
     preprocess : dict, optional
         Overrides of the inferred preprocessing: ``height``, ``width``, ``mean``, ``std``, ``scale``,
         ``layout`` ("nchw"/"nhwc"), ``channels`` ("rgb"/"bgr"/"gray").
+    max_image_pixels : int, optional
+        Refuse images larger than this many pixels (default ``onnxfix.io.image.MAX_PIXELS``, 100 megapixels).
+    max_model_mb : float, optional
+        Refuse models (file plus external data) larger than this (default ``onnxfix.io.model.MAX_MODEL_BYTES``,
+        2048 MB).
+    memory_budget_mb : float, optional
+        Refuse a forward pass whose exposed intermediate tensors would take more than this (default
+        ``onnxfix.runtime.MEMORY_FRACTION`` of the available memory); see docs/robustness.md.
     """
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, provider: str = "cpu",
                  labels: str | list[str] | None = None, output: str | None = None, preprocess: dict | None = None,
-                 threads: int | None = None):
-        self.model = Model(model, provider=provider, output=output, labels_file=labels, threads=threads)
+                 threads: int | None = None, max_image_pixels: int | None = None, max_model_mb: float | None = None,
+                 memory_budget_mb: float | None = None):
+        self.model = Model(model, provider=provider, output=output, labels_file=labels, threads=threads,
+                           max_model_bytes=None if max_model_mb is None else int(max_model_mb * 1024**2))
+        self.max_image_pixels = max_image_pixels
+        if memory_budget_mb is not None:
+            self.model.runtime.memory_budget = int(memory_budget_mb * 1024**2)
         self._pre_overrides = dict(preprocess or {})
         self._spec: Preprocess | None = None
         self._applies: dict[str, str | None] = {}
@@ -120,7 +135,7 @@ class Explainer:
 
     def prepare(self, image: Any) -> tuple[np.ndarray, Frame, Image.Image | None]:
         """Decode and preprocess ``image`` into the model's input tensor."""
-        return prepare(image, self.spec, self.model.input_shape)
+        return prepare(image, self.spec, self.model.input_shape, self.max_image_pixels)
 
     def predict(self, image: Any, k: int = 5) -> list[dict]:
         """Top-``k`` classes for ``image`` (forward only)."""
@@ -164,12 +179,20 @@ class Explainer:
         opts = dict(options)
         if layer is not None:
             opts["layer"] = layer
-        values = mdl.runtime.run({mdl.input: x}, m.forward_tensors(mdl, **opts))
-        logits = values[mdl.head.logits]
-        if not np.isfinite(logits).all():
-            raise InputError("the model produced NaN or Inf scores for this input; nothing to explain")
-        tgt: Target = mdl.resolve_target(logits, target, step)
-        res = m.explain(mdl, x, values, tgt, **opts)
+        one_pass = m.explain_in_one_pass(mdl, x, target, step, **opts)
+        if one_pass is not None:
+            logits, tgt, res = one_pass
+        else:
+            values = mdl.runtime.run({mdl.input: x}, m.forward_tensors(mdl, **opts))
+            logits = values[mdl.head.logits]
+            if not np.isfinite(logits).all():
+                raise InputError("the model produced NaN or Inf scores for this input; nothing to explain")
+            tgt: Target = mdl.resolve_target(logits, target, step)
+            res = m.explain(mdl, x, values, tgt, **opts)
+        if "textual" in res.extras:  # Grad-CAM §7: boxes and peaks to the image frame (onnxfix.methods.textual)
+            from onnxfix.methods.textual import to_image_frame
+
+            res.extras["textual"] = to_image_frame(res.extras["textual"], frame)
         image_hw = frame.image_hw
         if res.points is not None:
             pts = frame.to_image(res.points)
@@ -188,7 +211,8 @@ class Explainer:
             box=box, frame=frame, image=img, seconds=time.perf_counter() - t0, extras=res.extras)
 
     def gradient(self, image: Any, of: str | None = None, wrt: list[str] | str | None = None,
-                 seed: np.ndarray | None = None, mode: str = "gradient") -> dict[str, np.ndarray]:
+                 seed: np.ndarray | None = None, mode: str = "gradient", strided: str = "exact"
+                 ) -> dict[str, np.ndarray]:
         """The autodiff engine, raw: ``d(of · seed) / d(tensor)`` for each tensor in ``wrt``.
 
         Parameters
@@ -202,6 +226,9 @@ class Explainer:
             Shaped like ``of``; default: one-hot of the top class (at the most confident step).
         mode : {"gradient", "guided", "deconvnet"}
             The ReLU backward rule.
+        strided : {"exact", "nearest"}
+            Backward of strided Conv/MaxPool/AveragePool: the true gradient, or Oramas et al.'s stride-1 +
+            nearest-neighbour variant for visualisations without grid artifacts (docs/views.md).
 
         Returns
         -------
@@ -221,7 +248,8 @@ class Explainer:
             if n not in g.tensors:
                 raise InputError(f"no tensor or node {n!r} in this model")
         x, _, _ = self.prepare(image)
-        prog = GradientProgram(g, of=of, wrt=names, mode=mode, provider=mdl.provider, threads=mdl.runtime.threads)
+        prog = GradientProgram(g, of=of, wrt=names, mode=mode, provider=mdl.provider, threads=mdl.runtime.threads,
+                               strided=strided)
         if seed is None:
             values = mdl.runtime.run({mdl.input: x}, [of])
             out = values[of]

@@ -7,7 +7,9 @@
 
 Exit codes: 0 ok, 2 bad usage or unreadable input, 3 unsupported model. Errors are one line on stderr, never a
 traceback (set ONNXFIX_DEBUG=1 to see one). Outputs go to ``--out`` (default: the current folder) as
-``<image-stem>.<method>.png``, written atomically; an output that would replace an input is refused.
+``<image-stem>.<method>.png``, written atomically; an output that would replace an input is refused, and an
+existing file is kept — the output goes to the next free name (``<stem>-2.<method>.png``…) unless ``--overwrite``.
+Resource limits: ``--max-image-pixels``, ``--max-model-mb``, ``--memory-budget-mb`` (docs/robustness.md).
 """
 
 from __future__ import annotations
@@ -45,6 +47,19 @@ def _explain_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=None, help="pixel scale before mean/std (default 1/255)")
     p.add_argument("--layout", choices=["nchw", "nhwc"], default=None)
     p.add_argument("--channels", choices=["rgb", "bgr", "gray"], default=None)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (default: write to the next free name, stem-2.method.png)")
+    p.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                   help="refuse images above N pixels (default 100000000; decompression bombs)")
+    p.add_argument("--max-model-mb", type=float, default=None, metavar="MB",
+                   help="refuse models above MB, external data included (default 2048)")
+    p.add_argument("--memory-budget-mb", type=float, default=None, metavar="MB",
+                   help="refuse forward passes exposing more than MB of tensors (default: half the available memory)")
+    p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="a method option, repeatable: e.g. window=16, stride=8, baseline=0 (occlusion), k=3 "
+                        "(discernible); values are read as Python literals (16, 0.5, (16, 8)), else as text")
+    p.add_argument("--textual", action="store_true",
+                   help="Grad-CAM's textual explanation (top/bottom-5 channels by alpha) as <stem>.textual.png")
     return p
 
 
@@ -58,17 +73,37 @@ def _overrides(a: argparse.Namespace) -> dict:
     return {k: v for k, v in o.items() if v is not None}
 
 
+def _options(items: list[str]) -> dict:
+    import ast
+
+    opts: dict = {}
+    for item in items:
+        name, eq, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not eq or not name.isidentifier():
+            raise InputError(f"--option wants NAME=VALUE, got {item!r}")
+        if name in ("image", "method", "target", "layer", "step", "top_k"):
+            raise InputError(f"--option {name}=...: use --{name.replace('_', '-')} instead")
+        try:
+            opts[name] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            opts[name] = text.strip()
+    return opts
+
+
 def _target(text: str | None) -> int | str | None:
     if text is None:
         return None
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def _out_name(out: Path, image: str, method: str, used: set[Path]) -> Path:
+def _out_name(out: Path, image: str, method: str, used: set[Path], overwrite: bool = False) -> Path:
+    """``OUT/<stem>.<method>.png``; a name used in this run, or an existing file unless ``overwrite``, moves on to
+    ``<stem>-2.<method>.png``, ``-3``..."""
     stem = Path(image).stem or "image"
     cand = out / f"{stem}.{method}.png"
     k = 2
-    while cand in used:
+    while cand in used or (not overwrite and os.path.lexists(cand)):
         cand = out / f"{stem}-{k}.{method}.png"
         k += 1
     used.add(cand)
@@ -83,29 +118,45 @@ def cmd_explain(argv: list[str]) -> int:
 
     if a.method != "all" and a.method not in METHODS:
         raise InputError(f"unknown method {a.method!r}; choose from {', '.join(METHODS)} or all")
-    ex = Explainer(a.model, provider=a.provider, labels=a.labels, output=a.output, preprocess=_overrides(a))
+    if a.textual and a.method not in ("gradcam", "all"):
+        raise InputError(f"--textual is Grad-CAM's textual explanation; use it with --method gradcam (not {a.method})")
+    ex = Explainer(a.model, provider=a.provider, labels=a.labels, output=a.output, preprocess=_overrides(a),
+                   max_image_pixels=a.max_image_pixels, max_model_mb=a.max_model_mb,
+                   memory_budget_mb=a.memory_budget_mb)
     if a.method == "all":
         methods = [n for n, why in ex.methods().items() if why is None]
         if not methods:
             raise InputError("no method applies to this model; see 'onnxfix inspect'")
     else:
         methods = [a.method]
+    options = _options(a.option)
     out = Path(a.out)
     used: set[Path] = set()
     protect = [a.model, *a.images]
     for image in a.images:
         results = [ex.explain(image, method=m, target=_target(a.target), layer=a.layer, step=a.step,
-                              top_k=a.top_k) for m in methods]
+                              top_k=a.top_k, **options) for m in methods]
         if a.method == "all":
-            png = _out_name(out, image, "all", used)
+            png = _out_name(out, image, "all", used, a.overwrite)
             save_png(panel([r.render() for r in results]), png, protect=protect)
             pngs = [png] * len(results)
         else:
-            pngs = [_out_name(out, image, results[0].method, used)]
+            pngs = [_out_name(out, image, results[0].method, used, a.overwrite)]
             results[0].save(pngs[0], protect=protect)
+        textual_pngs = {}
+        if a.textual:  # Grad-CAM §7 panel (onnxfix.methods.textual)
+            from onnxfix.methods.textual import textual_panel
+
+            for r in results:
+                if "textual" in r.extras:
+                    textual_pngs[id(r)] = _out_name(out, image, "textual", used, a.overwrite)
+                    save_png(textual_panel(r), textual_pngs[id(r)], protect=protect)
         for r, png in zip(results, pngs, strict=True):
             if a.json:
-                print(json.dumps(r.to_json(image, a.model, str(png))), flush=True)
+                d = r.to_json(image, a.model, str(png))
+                if id(r) in textual_pngs:
+                    d["textual_png"] = str(textual_pngs[id(r)])
+                print(json.dumps(d), flush=True)
         if not a.json:
             r = results[0]
             step = f" (step {r.step})" if r.step is not None else ""
@@ -116,6 +167,8 @@ def cmd_explain(argv: list[str]) -> int:
             for r2, png in zip(results, pngs, strict=True):
                 extra = f", {len(r2.points)} points" if r2.points is not None else ""
                 print(f"  {r2.method}: {png}  ({r2.seconds * 1000:.0f} ms{extra})")
+                if id(r2) in textual_pngs:
+                    print(f"  textual: {textual_pngs[id(r2)]}")
     return 0
 
 

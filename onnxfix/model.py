@@ -8,6 +8,10 @@ Decisions on the explained output (the *head*):
 * the class axis is the last non-singleton axis; the batch axis is a symbolic dimension if the output has one,
   else the first axis of size 1; a remaining axis of size > 1 is a time axis (sequence models such as a CRNN or a
   captioner): one step is explained, by default the most confident one (highest softmax probability).
+
+Input element types: a floating-point input takes the normalised image in its own precision; a uint8 input takes raw
+pixels 0..255 (mean 0, std 1, scale 1 unless metadata or flags say otherwise); other integer inputs are refused
+(they would need the model's quantisation parameters).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from onnxfix.graph import Graph
 from onnxfix.io.image import Preprocess, infer_preprocess
 from onnxfix.io.labels import find_labels, label_of
 from onnxfix.io.model import load_model
+from onnxfix.io.model import validate as validate_model
 from onnxfix.runtime import Runtime
 
 _FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
@@ -63,11 +68,13 @@ class Model:
     """Load and analyse once; :class:`~onnxfix.api.Explainer` and the methods share it."""
 
     def __init__(self, source: str | Path | onnx.ModelProto, provider: str = "cpu", output: str | None = None,
-                 labels_file: str | list[str] | None = None, threads: int | None = None):
+                 labels_file: str | list[str] | None = None, threads: int | None = None,
+                 max_model_bytes: int | None = None):
         if isinstance(source, onnx.ModelProto):
             proto, self.path = source, None
+            validate_model(proto, proto.graph.name or "<model>", max_model_bytes)
         else:
-            proto, self.path = load_model(source), Path(source)
+            proto, self.path = load_model(source, max_model_bytes), Path(source)
         self.name = self.path.name if self.path else (proto.graph.name or "model")
         self.metadata = {p.key: p.value for p in proto.metadata_props}
         self.graph = Graph.from_model(proto)
@@ -115,6 +122,8 @@ class Model:
             name = output
         else:
             floats = [o.name for o in g.model.graph.output if o.type.tensor_type.elem_type in _FLOAT]
+            # skip outputs that are constants or the input itself (they do not depend on the image)
+            floats = [o for o in floats if o not in g.constants and o not in g.inputs] or floats
             if not floats:
                 raise UnsupportedModel("the model has no floating-point output to explain")
             name = floats[0]
@@ -125,6 +134,14 @@ class Model:
             node = g.producer(logits)
         if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
             logits, softmax_head = node.inputs[0], True
+        for t in dict.fromkeys((name, logits)):  # a hostile or degenerate graph: nothing depends on the image
+            if t in g.constants or t in g.inputs:
+                raise UnsupportedModel(f"output {name!r} is {'a constant' if t in g.constants else 'a model input'}"
+                                       f"{'' if t == name else f' ({t!r}) under a softmax'}; it does not depend on "
+                                       "the image, nothing to explain")
+        if not g.nodes_between([self.input], logits):
+            raise UnsupportedModel(f"output {name!r} does not depend on the image input {self.input!r} (no path in "
+                                   "the graph); nothing to explain")
         shape = g.shape(logits) or g.shape(name)
         out_vi = {o.name: o for o in g.model.graph.output}[name]
         dims = out_vi.type.tensor_type.shape.dim
@@ -155,7 +172,19 @@ class Model:
         dt = self.graph.tensors[self.input].dtype
         if dt is not None and np.issubdtype(dt, np.floating):
             spec = spec.with_overrides(dtype=str(dt))
-        return spec.with_overrides(**{k: v for k, v in overrides.items() if k != "layout"})
+        elif dt == np.uint8:
+            # a uint8 input takes raw pixels 0..255 (the usual convention), unless metadata or flags say otherwise
+            raw = {k: v for k, v in (("mean", (0.0,) * spec.n_channels), ("std", (1.0,) * spec.n_channels),
+                                     ("scale", 1.0)) if f"onnxfix.{k}" not in self.metadata}
+            spec = spec.with_overrides(dtype="uint8", **raw)
+        elif dt is not None:
+            raise UnsupportedModel(f"model input {self.input!r} has element type {dt}; onnxfix feeds float or uint8 "
+                                   "images (an integer input needs the model's own quantisation)")
+        spec = spec.with_overrides(**{k: v for k, v in overrides.items() if k != "layout"})
+        if not (0 < spec.height <= 16384 and 0 < spec.width <= 16384):  # a corrupt or hostile declared size
+            raise InputError(f"model input {self.input!r} declares {spec.height}×{spec.width} pixels, outside "
+                             "1..16384; give the size with --size H W")
+        return spec
 
     def scores_at(self, logits: np.ndarray, step: int | None) -> np.ndarray:
         """The class-score vector of batch item 0 (at ``step`` for sequence outputs)."""
@@ -180,28 +209,42 @@ class Model:
         else:
             step = None
         scores = self.scores_at(logits, step)
-        n = len(scores)
-        if target is None:
-            index = int(np.argmax(scores))
-        elif isinstance(target, str) and not target.lstrip("-").isdigit():
-            names = self.labels or []
-            if target not in names:
-                low = [x.lower() for x in names]
-                if target.lower() not in low:
-                    raise InputError(f"target label {target!r} is not among the model's {n} classes")
-                index = low.index(target.lower())
-            else:
-                index = names.index(target)
-        else:
-            index = int(target)
-            if not 0 <= index < n:
-                raise InputError(f"target {index} is out of range: the model has {n} classes (0..{n - 1})")
+        index = int(np.argmax(scores)) if target is None else self.class_index(target, len(scores))
         coords = [0] * logits.ndim
         coords[h.class_axis] = index
         if h.time_axis is not None:
             coords[h.time_axis] = step  # type: ignore[assignment]
         p = softmax(scores)
         return Target(index, label_of(self.labels, index), step, tuple(coords), float(scores[index]), float(p[index]))
+
+    def class_index(self, target: int | str, n: int) -> int:
+        """The class index of ``target`` (an index or a label) among ``n`` classes; InputError when out of range."""
+        if isinstance(target, str) and not target.lstrip("-").isdigit():
+            names = self.labels or []
+            if target in names:
+                return names.index(target)
+            low = [x.lower() for x in names]
+            if target.lower() not in low:
+                raise InputError(f"target label {target!r} is not among the model's {n} classes")
+            return low.index(target.lower())
+        index = int(target)
+        if not 0 <= index < n:
+            raise InputError(f"target {index} is out of range: the model has {n} classes (0..{n - 1})")
+        return index
+
+    def single_logits_shape(self) -> tuple[int, ...] | None:
+        """The logits' shape for a batch-1 input when they hold one score vector (no time axis; a symbolic batch
+        axis counts as 1), else ``None``: then a target's coordinates are known before any forward pass."""
+        h = self.head
+        shape = self.graph.shape(h.logits)
+        if h.time_axis is not None or shape is None:
+            return None
+        shape = tuple(1 if i == h.batch_axis and not (isinstance(d, int) and d > 0) else d for i, d in enumerate(shape))
+        if not all(isinstance(d, int) and d > 0 for d in shape):
+            return None
+        if int(np.prod(shape)) != shape[h.class_axis]:
+            return None
+        return tuple(int(d) for d in shape)
 
     def top(self, scores: np.ndarray, k: int = 5) -> list[dict]:
         p = softmax(scores)

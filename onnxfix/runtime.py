@@ -22,6 +22,27 @@ from onnxfix.graph import Graph
 
 _PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
+#: Memory-aware exposure: a forward pass may expose intermediate tensors worth at most this fraction of the memory
+#: available when it runs (``MemAvailable`` of /proc/meminfo, else ``os.sysconf``); beyond it the request is
+#: refused with a message instead of risking an out-of-memory kill. ``Runtime.memory_budget`` (bytes; the
+#: Explainer's ``memory_budget_mb``, the CLI's ``--memory-budget-mb``) replaces the fraction.
+MEMORY_FRACTION = 0.5
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable``), or ``None`` when unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
 
 def choose_providers(provider: str) -> tuple[list[str], str | None]:
     """Execution providers for ``provider`` ("cpu" or "cuda") and a message when falling back to the CPU."""
@@ -60,6 +81,9 @@ class Runtime:
         self._sessions: dict[frozenset[str], ort.InferenceSession] = {}
         self._lock = threading.Lock()
         self._model_bytes: bytes | None = None
+        #: bytes the exposed tensors of one forward may take; ``None``: MEMORY_FRACTION of the available memory
+        self.memory_budget: int | None = None
+        self._shape_cache: dict[tuple, dict[str, tuple[int | None, ...]]] = {}
 
     # -- sessions -----------------------------------------------------------------------------------------------
     def _options(self) -> ort.SessionOptions:
@@ -97,6 +121,7 @@ class Runtime:
     def run(self, feeds: dict[str, np.ndarray], tensors: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """Run the model; return the graph outputs and the requested ``tensors`` (constants included) by name."""
         wanted = list(dict.fromkeys(tensors))
+        self.check_memory(wanted, feeds)
         sess = self.session(wanted)
         names = [o.name for o in sess.get_outputs()]
         try:
@@ -108,6 +133,67 @@ class Runtime:
             if t in self.graph.constants:
                 out[t] = self.graph.constants[t]
         return out
+
+    # -- memory -----------------------------------------------------------------------------------------------
+    def _shapes_for(self, feeds: dict[str, np.ndarray]) -> dict[str, tuple[int | None, ...]]:
+        """Tensor shapes for these feed shapes: the graph's, re-inferred with the inputs' actual dims when some
+        are symbolic (dynamic batch/height/width); cached per feed shapes."""
+        key = tuple(sorted((k, tuple(v.shape)) for k, v in feeds.items()))
+        if key in self._shape_cache:
+            return self._shape_cache[key]
+        shapes = {n: t.shape for n, t in self.graph.tensors.items() if t.shape is not None}
+        if any(None in (shapes.get(k) or (None,)) for k in feeds):
+            model = onnx.ModelProto()
+            model.CopyFrom(self.graph.model)
+            for vi in model.graph.input:
+                if vi.name in feeds and vi.type.HasField("tensor_type"):
+                    dims = vi.type.tensor_type.shape.dim
+                    for d, n in zip(dims, feeds[vi.name].shape, strict=False):
+                        d.Clear()
+                        d.dim_value = int(n)
+            try:
+                inferred = onnx.shape_inference.infer_shapes(model)
+                for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+                    tt = vi.type.tensor_type
+                    if vi.type.HasField("tensor_type") and tt.HasField("shape"):
+                        shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+            except Exception:  # noqa: BLE001 - best effort: the static shapes stay
+                pass
+        self._shape_cache[key] = shapes
+        return shapes
+
+    def exposed_bytes(self, tensors: Sequence[str], feeds: dict[str, np.ndarray]) -> int:
+        """Estimated bytes of ``tensors`` (shape × dtype; an unknown dimension counts as 1, a lower bound)."""
+        shapes = self._shapes_for(feeds)
+        total = 0
+        for name in tensors:
+            if name in self.graph.constants or name in feeds:
+                continue
+            t = self.graph.tensors.get(name)
+            item = t.dtype.itemsize if t is not None and t.dtype is not None else 4
+            n = 1
+            for d in shapes.get(name) or ():
+                n *= d if isinstance(d, int) and d > 0 else 1
+            total += n * item
+        return total
+
+    def check_memory(self, tensors: Sequence[str], feeds: dict[str, np.ndarray]) -> None:
+        """Refuse (``InputError``) a forward whose exposed tensors would exceed the memory budget."""
+        if not tensors:
+            return
+        budget = self.memory_budget
+        if budget is None:
+            avail = available_memory()
+            if avail is None:
+                return
+            budget = int(avail * MEMORY_FRACTION)
+        need = self.exposed_bytes(tensors, feeds)
+        if need > budget:
+            mb = 1024**2
+            raise InputError(
+                f"this request exposes {len(tensors)} intermediate tensors taking about {need / mb:.1f} MB, above "
+                f"the memory budget of {budget / mb:.1f} MB; use a smaller input size or raise the budget with "
+                "--memory-budget-mb (Explainer(memory_budget_mb=...))")
 
     def activations(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every tensor of the graph (inputs, intermediates, outputs, constants excluded) for ``feeds``."""

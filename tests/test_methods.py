@@ -101,7 +101,7 @@ def test_method_all_renders_one_panel(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = [json.loads(x) for x in r.stdout.splitlines()]
     methods = {d["method"] for d in rows}
-    assert {"fixations", "occlusion", "cam"} <= methods
+    assert {"fixations", "discernible", "occlusion", "muting-pixels", "cam"} <= methods
     if _has_autodiff():
         assert {"gradcam", "saliency", "guided-backprop", "gradcam++", "guided-gradcam"} <= methods
     assert (tmp_path / "resnet_shapes.all.png").is_file()

@@ -34,6 +34,9 @@ TARGET_OPSET = 17
 LOWERED = ("LSTM",)
 #: How the input gradient of a Conv is computed: "auto" picks per case (see docs/autodiff.md).
 CONV_INPUT_GRAD = ("auto", "conv", "transpose")
+#: Backward of strided Conv/MaxPool/AveragePool: "exact" (the adjoint) or "nearest" (Oramas et al. 2019: the
+#: stride-1 op on the nearest-neighbour resampled signal, for visualisations without grid artifacts; rules.py).
+STRIDED = ("exact", "nearest")
 
 Dim = int | str | None
 INT64_MAX = np.iinfo(np.int64).max
@@ -85,6 +88,7 @@ class Builder:
         self.mode = mode
         self.reach = reach
         self.conv_input_grad = conv_input_grad
+        self.strided = "exact"  # set by build_backward(strided=...)
         self.prefix = prefix
         self._float = np.dtype(float_dtype)
         self.opset = graph.opset
@@ -361,6 +365,77 @@ def _raise_missing(graph: Graph, nodes: Sequence[Node]) -> None:
 
 
 _UPGRADED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+FOLD_PADS = True  # fold zero Pads into the Convs they feed before differentiating (False: for benchmarks)
+
+
+def _foldable_pad(graph: Graph, node: Node, keep: set[str]) -> tuple[list[int], Node] | None:
+    """(spatial begin + end pads, the Conv) when ``node`` is a zero, constant-mode Pad of the spatial axes of an
+    NCHW tensor whose only reader is a Conv with explicit pads; else ``None``."""
+    if node.op_type != "Pad" or node.attrs.get("mode", "constant") != "constant" or node.outputs[0] in keep:
+        return None
+    pads = node.attrs.get("pads")
+    if pads is None and len(node.inputs) > 1 and node.inputs[1]:
+        v = graph.constants.get(node.inputs[1])
+        pads = None if v is None else [int(q) for q in np.asarray(v).reshape(-1)]
+    if pads is None or len(pads) != 8 or any(q < 0 for q in pads) or pads[0] or pads[1] or pads[4] or pads[5]:
+        return None
+    value = node.attrs.get("value", 0.0)
+    if len(node.inputs) > 2 and node.inputs[2]:
+        v = graph.constants.get(node.inputs[2])
+        value = None if v is None or np.asarray(v).size != 1 else float(np.asarray(v).reshape(-1)[0])
+    if value != 0.0 or (len(node.inputs) > 3 and node.inputs[3]):
+        return None
+    readers = graph.consumers(node.outputs[0])
+    if len(readers) != 1 or readers[0].op_type != "Conv" or readers[0].inputs[0] != node.outputs[0]:
+        return None
+    conv = readers[0]
+    if conv.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
+        return None
+    return [pads[2], pads[3], pads[6], pads[7]], conv
+
+
+def fold_pads(graph: Graph, keep: Sequence[str] = ()) -> Graph:
+    """``graph`` with every zero Pad that only feeds a Conv folded into the Conv's own pads (same numbers).
+
+    TF-style exports (EfficientNet's "static same padding") put an explicit Pad before many convs; differentiating
+    through it costs a padded gradient map and a Slice per conv, the folded conv's backward gives the input's size
+    directly. Tensors in ``keep`` (requested gradients/activations) are never folded away."""
+    hit = _FOLDED.get(graph)
+    if hit is not None and hit[0] == tuple(keep):
+        return hit[1] or graph
+    keep_set = set(keep)
+    folds = {n.name: f for n in graph.nodes if (f := _foldable_pad(graph, n, keep_set)) is not None}
+    if not folds:
+        _FOLDED[graph] = (tuple(keep), None)  # never the graph itself: a weak key must not be held by its value
+        return graph
+    m = onnx.ModelProto()
+    m.CopyFrom(graph.model)
+    by_conv = {conv.name: (pads, n) for n, (pads, conv) in folds.items()}
+    pad_nodes = {graph.node_by_name[n].outputs[0]: graph.node_by_name[n].inputs[0] for n in folds}
+    keep_nodes = []
+    for pn in m.graph.node:
+        if pn.output and pn.output[0] in pad_nodes:
+            continue
+        if pn.op_type == "Conv" and pn.input and pn.input[0] in pad_nodes:
+            conv = next(c for c in by_conv if graph.node_by_name[c].outputs[0] == pn.output[0])
+            extra, _ = by_conv[conv]
+            old = list(graph.node_by_name[conv].attrs.get("pads") or [0, 0, 0, 0])
+            new = [old[i] + extra[i] for i in range(4)]
+            attrs = [a for a in pn.attribute if a.name != "pads"]
+            del pn.attribute[:]
+            pn.attribute.extend(attrs + [helper.make_attribute("pads", new)])
+            pn.input[0] = pad_nodes[pn.input[0]]
+        keep_nodes.append(pn)
+    del m.graph.node[:]
+    m.graph.node.extend(keep_nodes)
+    gone = set(pad_nodes)
+    vis = [vi for vi in m.graph.value_info if vi.name not in gone]
+    del m.graph.value_info[:]
+    m.graph.value_info.extend(vis)
+    new_graph = Graph.from_model(m)
+    _FOLDED[graph] = (tuple(keep), new_graph)
+    return new_graph
 
 
 def upgrade_graph(graph: Graph, target: int = TARGET_OPSET) -> Graph:
@@ -422,7 +497,7 @@ def _check_same_forward(old: Graph, new: Graph, target: int) -> None:
 
 
 def build_backward(graph: Graph, of: str, wrt: Sequence[str], mode: str = "gradient",
-                   activations: Sequence[str] = (), conv_input_grad: str = "auto"
+                   activations: Sequence[str] = (), conv_input_grad: str = "auto", strided: str = "exact"
                    ) -> tuple[onnx.ModelProto, str, dict[str, str]]:
     """The forward graph plus the backward pass of ``d(of · seed)/d(wrt)``.
 
@@ -438,16 +513,20 @@ def build_backward(graph: Graph, of: str, wrt: Sequence[str], mode: str = "gradi
     _check_request(graph, of, wrt, mode, activations)
     if conv_input_grad not in CONV_INPUT_GRAD:
         raise InputError(f"conv_input_grad must be one of {CONV_INPUT_GRAD}")
+    if strided not in STRIDED:
+        raise InputError(f"strided must be one of {STRIDED}")
     work = graph
     if work.opset < MIN_OPSET:
         work = upgrade_graph(work, TARGET_OPSET)
+    if FOLD_PADS:
+        work = fold_pads(work, keep=[of, *wrt, *activations])
     nodes = _needed_nodes(work, of, wrt)
     _raise_missing(work, nodes)
     if any(n.op_type in LOWERED for n in nodes):
         work = lowering.lower(work, [n for n in nodes if n.op_type in LOWERED])
         nodes = _needed_nodes(work, of, wrt)
         _raise_missing(work, nodes)
-    b = _backward(work, of, wrt, mode, nodes, conv_input_grad)
+    b = _backward(work, of, wrt, mode, nodes, conv_input_grad, strided)
     if b.required_opset > work.opset:
         work = upgrade_graph(work, max(TARGET_OPSET, b.required_opset))
         nodes = _needed_nodes(work, of, wrt)
@@ -455,15 +534,17 @@ def build_backward(graph: Graph, of: str, wrt: Sequence[str], mode: str = "gradi
         if any(n.op_type in LOWERED for n in nodes):
             work = lowering.lower(work, [n for n in nodes if n.op_type in LOWERED])
             nodes = _needed_nodes(work, of, wrt)
-        b = _backward(work, of, wrt, mode, nodes, conv_input_grad)
+        b = _backward(work, of, wrt, mode, nodes, conv_input_grad, strided)
     return _assemble(work, b, of, wrt, activations)
 
 
-def _backward(graph: Graph, of: str, wrt: list[str], mode: str, nodes: list[Node], conv_input_grad: str) -> Builder:
+def _backward(graph: Graph, of: str, wrt: list[str], mode: str, nodes: list[Node], conv_input_grad: str,
+              strided: str = "exact") -> Builder:
     reach = set(wrt) | {o for n in nodes for o in n.outputs if o}
     t = graph.tensors[of]
     b = Builder(graph, mode, reach, conv_input_grad,
                 float_dtype=t.dtype if t.dtype is not None and t.dtype.kind == "f" else np.float32)
+    b.strided = strided
     pending: dict[str, list[str]] = {of: [b.seed]}
     totals: dict[str, str | None] = {}
 

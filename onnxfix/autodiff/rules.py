@@ -481,6 +481,8 @@ def conv_pointwise_back(b: Builder, g: str, w: str, x: str) -> str:
 
 @vjp("Conv")
 def conv(b: Builder, node: Node, gy):
+    if _nearest(b, node):  # opt-in: Oramas et al.'s stride-1 + nearest-neighbour backward (end of file)
+        return strided_nearest(b, node, gy, conv)
     x, w = node.inputs[0], node.inputs[1]
     bias = _in(node, 2)
     g = gy[0]
@@ -542,6 +544,8 @@ def _pool_attrs(a: dict, n: int) -> dict:
 @vjp("MaxPool")
 def max_pool(b: Builder, node: Node, gy):
     """Recompute with the Indices output (flat indices into x, storage order 0) and scatter-add the gradient."""
+    if _nearest(b, node):  # opt-in: Oramas et al.'s stride-1 + nearest-neighbour backward (end of file)
+        return strided_nearest(b, node, gy, max_pool)
     x, g = node.inputs[0], gy[0]
     if len(node.outputs) > 1 and gy[1] is not None:
         raise b.unsupported(node, "gradient flowing through MaxPool's Indices output")
@@ -571,6 +575,8 @@ def _ort_pool_of_ones(S: list[int], attrs: dict) -> np.ndarray:
 
 @vjp("AveragePool")
 def average_pool(b: Builder, node: Node, gy):
+    if _nearest(b, node):  # opt-in: Oramas et al.'s stride-1 + nearest-neighbour backward (end of file)
+        return strided_nearest(b, node, gy, average_pool)
     x, g = node.inputs[0], gy[0]
     S = _spatial(b, node, x)
     n = len(S)
@@ -768,3 +774,66 @@ def gather(b: Builder, node: Node, gy):
 @vjp("LSTM")
 def lstm(b: Builder, node: Node, gy):  # pragma: no cover - LSTMs are lowered before the backward pass
     raise b.unsupported(node, "LSTM should have been lowered to primitives first")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Strided ops, "nearest" variant (build_backward(..., strided="nearest")); the default ("exact") never comes here.
+#
+# Oramas, Wang & Tuytelaars (ICLR 2019): the backward pass of a strided Conv/MaxPool/AveragePool spreads the signal
+# with zeros between its elements, which leaves a grid of the stride's period in deconvnet/guided-backprop images.
+# Their fix runs the backward of the op with its stride set to 1 on the signal resampled by nearest neighbour.
+# With z = op₁(x) the same op at stride 1 (same window, pads) and the forward y[o] = z[s·o]:
+#   exact:    dx = op₁ᵀ(D_sᵀ g),  (D_sᵀ g)[i] = g[i/s] if s divides i, else 0     (zero insertion)
+#   nearest:  dx = op₁ᵀ(U_s g),   (U_s g)[i] = g[⌊i/s⌋], i = 0 … O₁−1             (nearest-neighbour resampling)
+# per spatial axis, O₁ the stride-1 output size. docs/views.md has the reasoning; not a gradient any more.
+
+
+def _nearest(b: Builder, node: Node) -> bool:
+    return getattr(b, "strided", "exact") == "nearest" and any(int(v) > 1 for v in node.attrs.get("strides") or [])
+
+
+def strided_nearest(b: Builder, node: Node, gy, rule):
+    """Backward of a strided Conv/MaxPool/AveragePool as its stride-1 twin applied to the nearest-neighbour
+    upsampled gradient (``rule`` is the op's ordinary VJP rule, called on the twin)."""
+    x, g = node.inputs[0], gy[0]
+    S = _spatial(b, node, x)
+    n = len(S)
+    a = node.attrs
+    ws = b.shape(node.inputs[1]) if node.op_type == "Conv" else None
+    k = list(a.get("kernel_shape") or (list(ws[2:]) if ws else []))
+    if len(k) != n or any(v is None for v in k):
+        raise b.unsupported(node, "unknown kernel shape")
+    s, d = list(a.get("strides") or [1] * n), list(a.get("dilations") or [1] * n)
+    pads = resolve_pads(dict(a, kernel_shape=k, strides=s, dilations=d), S)
+    ys = b.shape(node.outputs[0])
+    if ys is not None and len(ys) == n + 2 and all(v is not None for v in ys[2:]):
+        O = [int(v) for v in ys[2:]]
+    else:
+        O = _out_size(S, k, s, d, pads)
+    # The stride-1 twin keeps the window and the begin pads; its end pads grow where ceil_mode made the strided op
+    # read past them, so that every strided window o is the twin's window s·o.
+    ends = [max(pads[n + i], s[i] * (O[i] - 1) + (k[i] - 1) * d[i] + 1 - S[i] - pads[i]) for i in range(n)]
+    O1 = [S[i] + pads[i] + ends[i] - (k[i] - 1) * d[i] for i in range(n)]
+    attrs = dict(a, kernel_shape=k, strides=[1] * n, dilations=d, pads=list(pads[:n]) + ends, auto_pad="NOTSET")
+    if node.op_type != "Conv":
+        attrs["ceil_mode"] = 0
+    twin = Node(name=node.name, op_type=node.op_type, inputs=node.inputs, outputs=node.outputs[:1], attrs=attrs,
+                domain=node.domain)
+    u = nearest_resample(b, g, s, O, O1)
+    out = list(rule(b, twin, [u]) or [])
+    if node.op_type == "Conv" and len(out) > 2 and out[2] is not None:  # the bias keeps its true gradient
+        r = b.rank(node.outputs[0]) or n + 2
+        out[2] = b.op("ReduceSum", [g, b.ints([0] + list(range(2, r)))], keepdims=0)
+    return out
+
+
+def nearest_resample(b: Builder, g: str, s: list[int], O: list[int], O1: list[int]) -> str:
+    """U_s: ``g`` (spatial size O) upsampled by the integer factors ``s`` with nearest neighbour — out[i] = g[⌊i/s⌋]
+    (``Resize`` nearest, floor, asymmetric) — and cropped to O1 (s·O ≥ O1 always)."""
+    n = len(s)
+    scales = b.const(np.array([1.0, 1.0] + [float(v) for v in s], np.float32), dtype=np.float32)
+    u = b.op("Resize", [g, "", scales], mode="nearest", nearest_mode="floor",
+             coordinate_transformation_mode="asymmetric", hint="nearest")
+    if any(s[i] * O[i] != O1[i] for i in range(n)):
+        u = b.op("Slice", [u, b.ints([0] * n), b.ints(O1), b.ints(range(2, 2 + n))], hint="nearest_crop")
+    return u

@@ -41,6 +41,17 @@ class Rule:
         raise NotImplementedError
 
 
+class SelectionPolicy:
+    """How the tracer picks input neurons. This default defers every node to its op's rule (CNN Fixations);
+    a subclass (:mod:`onnxfix.fixations.discernible`) returns ``{input: locations}`` for the nodes whose neuron
+    choice it replaces, and ``None`` for the rest."""
+
+    name: ClassVar[str] = "fixations"
+
+    def backtrack(self, node: Node, ctx: Context, out: dict[str, Locations]) -> dict[str, Locations] | None:
+        return None
+
+
 RULES: dict[str, Rule] = {}
 
 

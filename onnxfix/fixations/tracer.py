@@ -15,7 +15,7 @@ import numpy as np
 
 from onnxfix.errors import UnsupportedOp
 from onnxfix.fixations import lstm as _lstm  # noqa: F401 - registers the LSTM rule
-from onnxfix.fixations.registry import Context, rule_for
+from onnxfix.fixations.registry import Context, SelectionPolicy, rule_for
 from onnxfix.graph import Graph, Node
 
 
@@ -50,8 +50,11 @@ def _unique(coords: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64)
 
 
-def trace(graph: Graph, values: dict[str, np.ndarray], source: str, start: str, start_locs: np.ndarray) -> Trace:
+def trace(graph: Graph, values: dict[str, np.ndarray], source: str, start: str, start_locs: np.ndarray,
+          policy: SelectionPolicy | None = None) -> Trace:
     """Backtrack ``start_locs`` (rows of indices into tensor ``start``) to tensor ``source`` (the image input).
+
+    ``policy`` may replace the neuron choice of some rules (default: every rule decides, CNN Fixations).
 
     ``values`` must hold every non-constant tensor on the path (see :func:`needed_tensors`).
 
@@ -74,7 +77,9 @@ def trace(graph: Graph, values: dict[str, np.ndarray], source: str, start: str, 
         outs = {o: result.locations[o] for o in node.outputs if o in result.locations and len(result.locations[o])}
         if not outs:
             continue
-        sent = rule_for(node.op_type).backtrack(node, ctx, outs)  # type: ignore[union-attr]
+        sent = policy.backtrack(node, ctx, outs) if policy is not None else None
+        if sent is None:
+            sent = rule_for(node.op_type).backtrack(node, ctx, outs)  # type: ignore[union-attr]
         for name, coords in sent.items():
             if name not in on_path or name in graph.constants:
                 continue

@@ -20,6 +20,8 @@ Decisions (written here because no issue fixes them):
 from __future__ import annotations
 
 import os
+import struct
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from onnxfix.errors import InputError
 
+#: Largest image (width × height) decoded unless the caller raises it: ``--max-image-pixels`` on the command line,
+#: ``Explainer(max_image_pixels=...)``, or this module-level default (100 megapixels).
 MAX_PIXELS = 100_000_000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,6 +61,14 @@ class Preprocess:
         for k in ("mean", "std"):
             if k in clean:
                 clean[k] = tuple(float(x) for x in clean[k])
+        for k in ("height", "width"):
+            if k in clean and not 0 < int(clean[k]) <= 16384:
+                raise InputError(f"input {k} {clean[k]} is out of range (--size H W takes 1..16384)")
+        if "std" in clean and (not all(np.isfinite(clean["std"])) or any(v == 0 for v in clean["std"])):
+            raise InputError(f"std {list(clean['std'])} must be finite and non-zero (--std)")
+        for k in ("mean", "scale"):
+            if k in clean and not np.isfinite(clean[k]).all():
+                raise InputError(f"{k} {clean[k]} must be finite (--{k})")
         return replace(self, **clean)
 
 
@@ -132,8 +144,11 @@ def infer_preprocess(
     return Preprocess(int(h), int(w), layout, channels, tuple(mean), tuple(std), scale)
 
 
-def decode_image(source: str | os.PathLike | Image.Image | np.ndarray, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def decode_image(source: str | os.PathLike | Image.Image | np.ndarray, max_pixels: int | None = None) -> Image.Image:
     """Open ``source`` as an 8-bit RGB PIL image (EXIF rotation applied, first frame, alpha flattened).
+
+    ``max_pixels`` (default :data:`MAX_PIXELS`, read at call time; ``--max-image-pixels`` on the command line)
+    bounds width × height; it is checked from the header, before any pixel is decoded.
 
     Raises
     ------
@@ -152,26 +167,45 @@ def decode_image(source: str | os.PathLike | Image.Image | np.ndarray, max_pixel
         raise InputError(f"{label}: not a regular file")
     if path.stat().st_size == 0:
         raise InputError(f"{label}: the image file is empty")
+    max_pixels = MAX_PIXELS if max_pixels is None else int(max_pixels)
     old = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    # Pillow's own check (a warning above its limit, an error above twice it) is replaced by ours: the header's
+    # size is checked right after open, before any pixel is decoded, with one message naming the flag
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise InputError(f"{label}: image is {w}×{h} pixels, above the limit of {max_pixels}")
-            if w == 0 or h == 0:
-                raise InputError(f"{label}: image has zero size ({w}×{h})")
-            im.seek(0)
-            im.load()
-            return _to_rgb(im, label)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a plugin's notes on a damaged file must not reach the user's stderr
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise _too_big(label, w, h, max_pixels)
+                if w == 0 or h == 0:
+                    raise InputError(f"{label}: image has zero size ({w}×{h})")
+                im.seek(0)
+                im.load()
+                return _to_rgb(im, label)
     except InputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"{label}: cannot decode the image: {_bomb_text(exc, max_pixels)}") from None
+    except UnidentifiedImageError as exc:
         raise InputError(f"{label}: cannot decode the image ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, ZeroDivisionError) as exc:
         raise InputError(f"{label}: cannot decode the image (truncated or corrupt: {exc})") from None
+    except MemoryError:
+        raise InputError(f"{label}: cannot decode the image (out of memory; lower its size)") from None
     finally:
         Image.MAX_IMAGE_PIXELS = old
+
+
+def _too_big(label: str, w: int, h: int, max_pixels: int) -> InputError:
+    return InputError(f"{label}: image is {w}×{h} = {w * h} pixels, above the limit of {max_pixels} "
+                      "(a decompression bomb?); raise it with --max-image-pixels or max_image_pixels=")
+
+
+def _bomb_text(exc: BaseException, max_pixels: int) -> str:
+    return (f"{exc} The limit is {max_pixels} pixels; raise it with --max-image-pixels or max_image_pixels=")
 
 
 def _to_rgb(im: Image.Image, label: str) -> Image.Image:
@@ -232,13 +266,19 @@ def to_tensor(image: Image.Image, spec: Preprocess) -> np.ndarray:
     a = (a * np.float32(spec.scale) - mean) / std
     if spec.layout == "nchw":
         a = a.transpose(2, 0, 1)
+    if np.issubdtype(np.dtype(spec.dtype), np.integer):  # integer inputs take rounded, clipped values
+        info = np.iinfo(np.dtype(spec.dtype))
+        a = np.clip(np.rint(a), info.min, info.max)
     return np.ascontiguousarray(a[None].astype(spec.dtype))
 
 
 def prepare(
-    source: str | os.PathLike | Image.Image | np.ndarray, spec: Preprocess, input_shape: tuple[int | None, ...]
+    source: str | os.PathLike | Image.Image | np.ndarray, spec: Preprocess, input_shape: tuple[int | None, ...],
+    max_pixels: int | None = None,
 ) -> tuple[np.ndarray, Frame, Image.Image | None]:
-    """Turn a user input into (model tensor, frame, the decoded image or None for preprocessed arrays)."""
+    """Turn a user input into (model tensor, frame, the decoded image or None for preprocessed arrays).
+
+    ``max_pixels`` bounds a decoded image (see :func:`decode_image`)."""
     if isinstance(source, np.ndarray) and source.dtype != np.uint8 and source.ndim == len(input_shape):
         arr = np.asarray(source, dtype=np.float32)
         if arr.ndim == 4 and arr.shape[0] != 1:
@@ -250,7 +290,7 @@ def prepare(
             raise InputError("preprocessed array contains NaN or Inf")
         hw = (arr.shape[2], arr.shape[3]) if spec.layout == "nchw" else (arr.shape[1], arr.shape[2])
         return np.ascontiguousarray(arr), Frame(hw, hw), None
-    image = decode_image(source)
+    image = decode_image(source, max_pixels)
     tensor = to_tensor(image, spec)
     frame = Frame((spec.height, spec.width), (image.size[1], image.size[0]))
     return tensor, frame, image

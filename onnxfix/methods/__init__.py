@@ -3,10 +3,12 @@
 from onnxfix.methods import (  # noqa: F401 - each module registers its methods
     cam,
     counterfactual,
+    discernible,
     fixations,
     gradcam,
     gradcam_pp,
     guided,
+    muting,
     occlusion,
     saliency,
 )

@@ -43,6 +43,12 @@ class Method:
                 **options: Any) -> Result:
         raise NotImplementedError
 
+    def explain_in_one_pass(self, model: Model, x: np.ndarray, target: int | str | None, step: int | None,
+                            **options: Any) -> tuple[np.ndarray, Target, Result] | None:
+        """Forward and explanation in one ONNX Runtime call, when the method can do it: ``(logits, target,
+        result)``; ``None`` (the default) makes the caller run the forward first and then :meth:`explain`."""
+        return None
+
 
 METHODS: dict[str, Method] = {}
 

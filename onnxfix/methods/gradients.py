@@ -51,7 +51,8 @@ def tail(model: Model, layer: str) -> tuple[Graph, list[str]]:
 
     sub = helper.make_graph(pnodes, "tail", [info(i) for i in ins], [info(model.head.logits)],
                             initializer=[t for t in g.model.graph.initializer if t.name in used])
-    m = helper.make_model(sub, opset_imports=list(g.model.opset_import), ir_version=g.model.ir_version)
+    # IR ≥ 4: the tail's initializers are not graph inputs (IR 3 requires them to be; the converter then fails)
+    m = helper.make_model(sub, opset_imports=list(g.model.opset_import), ir_version=max(g.model.ir_version, 4))
     cache[layer] = (Graph.from_model(m), ins)
     return cache[layer]
 
@@ -152,3 +153,34 @@ class InputGradient(Method):
     def explain(self, model, x, values, target, **options):
         g = self.input_gradient(model, x, values, target)
         return Result(attribution=g, map=saliency_map(g, model))
+
+    def explain_in_one_pass(self, model, x, target, step, **options):
+        """For one score vector (a batch-1 classifier), the seed needs no forward: a given class is a fixed
+        one-hot, the top class is a one-hot of the in-graph ArgMax of the logits. Forward, seed and backward are
+        then one ORT call, not a forward to find the class followed by forward + backward."""
+        from onnxfix.autodiff import GradientProgram
+
+        shape = model.single_logits_shape()
+        if shape is None or step is not None or x.shape[:1] != (1,):
+            return None
+        logits_name = model.head.logits
+        if target is None:
+            prog = GradientProgram(model.graph, of=logits_name, wrt=[model.input], mode=self.mode,
+                                   provider=model.provider, threads=model.runtime.threads, seed="argmax")
+            out = prog.run({model.input: x})
+        else:
+            index = model.class_index(target, shape[model.head.class_axis])
+            seed = np.zeros(shape, np.float32)
+            seed.reshape(-1)[index] = 1.0
+            prog = GradientProgram(model.graph, of=logits_name, wrt=[model.input], mode=self.mode,
+                                   provider=model.provider, threads=model.runtime.threads)
+            out = prog.run({model.input: x}, seed)
+        logits = out[logits_name]
+        if not np.isfinite(logits).all():
+            raise InputError("the model produced NaN or Inf scores for this input; nothing to explain")
+        tgt = model.resolve_target(logits, target)
+        g = out["grad:" + model.input]
+        if not np.isfinite(g).all():
+            raise InputError(f"the gradient at {model.input!r} contains NaN or Inf; refusing to render it")
+        g = g.astype(np.float32)
+        return logits, tgt, Result(attribution=g, map=saliency_map(g, model))

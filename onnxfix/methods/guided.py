@@ -33,6 +33,9 @@ class GuidedGradCAM(InputGradient):
     def applies(self, model):
         return super().applies(model) or METHODS["gradcam"].applies(model)
 
+    def explain_in_one_pass(self, model, x, target, step, **options):
+        return None  # Grad-CAM's half reads the layer from the first forward
+
     def explain(self, model, x, values, target, layer=None, **options):
         g = self.input_gradient(model, x, values, target)
         cam = METHODS["gradcam"].explain(model, x, values, target, layer=layer).attribution

@@ -18,6 +18,7 @@ from onnx import numpy_helper
 from onnxfix.errors import InputError, OnnxfixError
 from onnxfix.graph import Graph
 from onnxfix.methods.base import Method, Result, register_method
+from onnxfix.methods.local_forward import local_plan, run_windows
 from onnxfix.runtime import Runtime
 
 BATCH = 32
@@ -84,7 +85,7 @@ class Occlusion(Method):
     name = "occlusion"
     summary = "Occlusion: score drop when a sliding window is muted (model-agnostic, forward passes only)"
 
-    def explain(self, model, x, values, target, window=None, stride=None, baseline=0.0, **options):
+    def explain(self, model, x, values, target, window=None, stride=None, baseline=0.0, local=True, **options):
         nhwc = model.layout == "nhwc"
         H, W = (x.shape[1], x.shape[2]) if nhwc else (x.shape[2], x.shape[3])
         k = _pair(window if window is not None else max(2, min(H, W) // 8), "window")
@@ -98,16 +99,27 @@ class Occlusion(Method):
         logits_name = model.head.logits
         base = float(values[logits_name][target.coords])
         runtime, batch = batched_runtime(model, x)
-        drops = np.empty(len(boxes), np.float64)
-        for start in range(0, len(boxes), batch):
-            chunk = boxes[start:start + batch]
+
+        def full(chunk: list[tuple[int, int]]) -> np.ndarray:
             xb = np.repeat(x, len(chunk), axis=0)
-            for j, (y, xx) in enumerate(chunk):
+            for j, (iy, ix) in enumerate(chunk):
+                y, xx = ys[iy], xs[ix]
                 if nhwc:
                     xb[j, y:y + k[0], xx:xx + k[1], :] = baseline
                 else:
                     xb[j, :, y:y + k[0], xx:xx + k[1]] = baseline
-            out = runtime.run({model.input: xb}, [logits_name])[logits_name]
+            return runtime.run({model.input: xb}, [logits_name])[logits_name]
+
+        grid = [(iy, ix) for iy in range(len(ys)) for ix in range(len(xs))]
+        plan = local_plan(model, x, k, ys, xs, float(baseline), full) if local and batch > 1 else None
+        if plan is not None:
+            clean = {c: values[c] for c in plan.cuts if c in values}
+            if len(clean) < len(plan.cuts):
+                clean = model.runtime.run({model.input: x}, plan.cuts)
+        drops = np.empty(len(boxes), np.float64)
+        for start in range(0, len(boxes), batch):
+            chunk = grid[start:start + batch]
+            out = full(chunk) if plan is None else run_windows(plan, model, x, clean, chunk, k, ys, xs, float(baseline))
             for j in range(len(chunk)):
                 idx = list(target.coords)
                 idx[model.head.batch_axis if model.head.batch_axis is not None else 0] = j
