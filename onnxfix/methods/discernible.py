@@ -43,7 +43,7 @@ def make_policy(options: dict[str, Any]) -> DiscerniblePolicy:
 @register_method
 class Discernible(Fixations):
     name = "discernible"
-    summary = ("layer-wise discernible neurons: fixations with top-k neurons per layer by current, preceding and "
+    summary = ("Discernible neurons: fixations with top-k neurons per layer by current, preceding and "
                "succeeding support")
     engine = "fixations"
 
