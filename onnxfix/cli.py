@@ -24,6 +24,19 @@ from pathlib import Path
 from onnxfix.errors import InputError, OnnxfixError
 
 
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The options every command that runs a model shares: labels, provider, output and preprocessing."""
+    p.add_argument("--labels", default=None, help="labels file: one name per line, or JSON")
+    p.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="ONNX Runtime provider")
+    p.add_argument("--output", default=None, help="model output to explain (default: first float output)")
+    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=None, help="input size override")
+    p.add_argument("--mean", nargs=3, type=float, metavar=("R", "G", "B"), default=None)
+    p.add_argument("--std", nargs=3, type=float, metavar=("R", "G", "B"), default=None)
+    p.add_argument("--scale", type=float, default=None, help="pixel scale before mean/std (default 1/255)")
+    p.add_argument("--layout", choices=["nchw", "nhwc"], default=None)
+    p.add_argument("--channels", choices=["rgb", "bgr", "gray"], default=None)
+
+
 def _explain_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="onnxfix", description="Explain an ONNX vision model's prediction on images.",
@@ -36,17 +49,9 @@ def _explain_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, default=None, help="time step for sequence outputs (default: most confident)")
     p.add_argument("--top-k", type=int, default=5, help="how many classes to print (default 5)")
     p.add_argument("--layer", default=None, help="layer for layer methods (tensor or node name)")
-    p.add_argument("--labels", default=None, help="labels file: one name per line, or JSON")
     p.add_argument("--out", default=".", help="folder for the PNGs (default: current folder)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image×method")
-    p.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="ONNX Runtime provider")
-    p.add_argument("--output", default=None, help="model output to explain (default: first float output)")
-    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=None, help="input size override")
-    p.add_argument("--mean", nargs=3, type=float, metavar=("R", "G", "B"), default=None)
-    p.add_argument("--std", nargs=3, type=float, metavar=("R", "G", "B"), default=None)
-    p.add_argument("--scale", type=float, default=None, help="pixel scale before mean/std (default 1/255)")
-    p.add_argument("--layout", choices=["nchw", "nhwc"], default=None)
-    p.add_argument("--channels", choices=["rgb", "bgr", "gray"], default=None)
+    add_model_options(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing output files (default: write to the next free name, stem-2.method.png)")
     p.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
@@ -135,7 +140,8 @@ def cmd_explain(argv: list[str]) -> int:
     protect = [a.model, *a.images]
     for image in a.images:
         results = [ex.explain(image, method=m, target=_target(a.target), layer=a.layer, step=a.step,
-                              top_k=a.top_k, **options) for m in methods]
+                              top_k=a.top_k, **options, **({"textual": True} if a.textual and m == "gradcam" else {}))
+                   for m in methods]
         if a.method == "all":
             png = _out_name(out, image, "all", used, a.overwrite)
             save_png(panel([r.render() for r in results]), png, protect=protect)

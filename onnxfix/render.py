@@ -7,13 +7,12 @@ crash or Ctrl-C never leaves a half-written PNG, and an output path that is one 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from onnxfix.errors import InputError
+from onnxfix.io.atomic import write_atomic
 
 # A compact "turbo"-like colormap: anchors interpolated to 256 entries.
 _ANCHORS = np.array([
@@ -83,27 +82,4 @@ def panel(images: list[Image.Image], titles: list[str] | None = None, cols: int 
 
 def save_png(image: Image.Image, path: str | os.PathLike, protect: list[str | os.PathLike] = ()) -> Path:
     """Write ``image`` atomically to ``path``; refuse to replace any file listed in ``protect`` (the inputs)."""
-    dest = Path(path)
-    for p in protect:
-        try:
-            if Path(p).exists() and dest.exists() and dest.resolve() == Path(p).resolve():
-                raise InputError(f"{dest}: refusing to overwrite an input file")
-        except OSError:
-            continue
-    folder = dest.parent if str(dest.parent) else Path(".")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=folder)
-    except OSError as exc:
-        raise InputError(f"{folder}: cannot write output here ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format="PNG")
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return dest
+    return write_atomic(path, lambda fh: image.save(fh, format="PNG"), protect=protect)

@@ -262,7 +262,8 @@ def test_view_without_interpretation_falls_back_to_gradcam_channels(resnet, tmp_
 # ------------------------------------------------------------------------------------------------- textual (§7)
 def test_textual_channels_are_argsort_of_independent_alpha(resnet):
     img = SAMPLES / "resnet_shapes.png"
-    e = resnet.explain(img, method="gradcam")
+    assert "textual" not in resnet.explain(img, method="gradcam").extras  # only when asked for
+    e = resnet.explain(img, method="gradcam", textual=True)
     text = e.extras["textual"]
     layer = text["layer"]
     onehot = np.zeros((1, 5), np.float32)
@@ -283,7 +284,7 @@ def test_textual_channels_are_argsort_of_independent_alpha(resnet):
     assert d["textual"] == json.loads(json.dumps(text))
     panel = T.textual_panel(e)
     assert panel.width >= 5 * T.TILE and panel.height >= 2 * T.TILE
-    assert "textual" not in resnet.explain(img, method="gradcam++").extras
+    assert "textual" not in resnet.explain(img, method="gradcam++", textual=True).extras
 
 
 def test_textual_helpers():

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -49,6 +47,7 @@ from onnxfix.evaluate.metrics import pointing as pt
 from onnxfix.evaluate.metrics import sanity as san
 from onnxfix.evaluate.metrics.faithfulness import faithfulness
 from onnxfix.evaluate.metrics.ranks import spearman
+from onnxfix.io.atomic import write_atomic
 from onnxfix.io.image import decode_image
 from onnxfix.model import softmax
 
@@ -323,18 +322,7 @@ def read_rows(path: Path) -> list[dict]:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, lambda fh: fh.write(text), binary=False)
 
 
 def run(explainer: Any, model_name: str, items: Sequence[Item], methods: Sequence[str], metrics: Sequence[str],

@@ -25,16 +25,10 @@ from onnxfix.errors import InputError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    from onnxfix.cli import add_model_options
+
     p.add_argument("--out", default=None, help="output PNG path, or a folder for the default name")
-    p.add_argument("--labels", default=None, help="labels file: one name per line, or JSON")
-    p.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="ONNX Runtime provider")
-    p.add_argument("--output", default=None, help="model output to explain (default: first float output)")
-    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=None, help="input size override")
-    p.add_argument("--mean", nargs=3, type=float, metavar=("R", "G", "B"), default=None)
-    p.add_argument("--std", nargs=3, type=float, metavar=("R", "G", "B"), default=None)
-    p.add_argument("--scale", type=float, default=None, help="pixel scale before mean/std (default 1/255)")
-    p.add_argument("--layout", choices=["nchw", "nhwc"], default=None)
-    p.add_argument("--channels", choices=["rgb", "bgr", "gray"], default=None)
+    add_model_options(p)
 
 
 def _explainer(a: argparse.Namespace):

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from onnxfix.errors import InputError
+from onnxfix.io.atomic import write_atomic
 from onnxfix.methods.layers import feature_maps
 from onnxfix.model import Model
 
@@ -399,31 +399,12 @@ def default_json_path(model_path: str | os.PathLike) -> Path:
 
 def write_json_atomic(data: Any, path: str | os.PathLike, protect: Sequence[str | os.PathLike] = ()) -> Path:
     """Write ``data`` as JSON to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    dest = Path(path)
-    for p in protect:
-        try:
-            if Path(p).exists() and dest.exists() and dest.resolve() == Path(p).resolve():
-                raise InputError(f"{dest}: refusing to overwrite an input file")
-        except OSError:
-            continue
-    folder = dest.parent if str(dest.parent) else Path(".")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=folder)
-    except OSError as exc:
-        raise InputError(f"{folder}: cannot write output here ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return dest
+
+    def write(fh: Any) -> None:
+        json.dump(data, fh, indent=1)
+        fh.write("\n")
+
+    return write_atomic(path, write, binary=False, protect=protect)
 
 
 def save_relevant(relevant: dict[str, Any], path: str | os.PathLike,

@@ -9,10 +9,12 @@ class GradCAM(LayerCAM):
     name = "gradcam"
     summary = "Grad-CAM: gradient-weighted activation map at a layer (auto: the last conv block)"
 
-    def explain(self, model, x, values, target, layer=None, **options):
-        """Grad-CAM, plus its textual explanation (Grad-CAM §7) in ``extras["textual"]`` (onnxfix.methods.textual)."""
-        from onnxfix.methods.textual import add_textual
-
+    def explain(self, model, x, values, target, layer=None, textual=False, **options):
+        """Grad-CAM; with ``textual=True`` also its textual explanation (Grad-CAM §7) in ``extras["textual"]``
+        (onnxfix.methods.textual) — asked for, as it costs about as much again as the map on EfficientNet-Lite0."""
         res = super().explain(model, x, values, target, layer=layer, **options)
-        add_textual(res, model, x, values)
+        if textual:
+            from onnxfix.methods.textual import add_textual
+
+            add_textual(res, model, x, values)
         return res

@@ -36,7 +36,7 @@ def test_stride_fix_removes_the_grid_on_efficientnet(effnet):
 
 
 def test_textual_top_channels_fire_on_the_cat(effnet):
-    e = effnet.explain(sd.chelsea(), method="gradcam")
+    e = effnet.explain(sd.chelsea(), method="gradcam", textual=True)
     text = e.extras["textual"]
     assert len(text["top"]) == 5 and len(text["bottom"]) == 5
     alphas = [t["alpha"] for t in text["top"]]
