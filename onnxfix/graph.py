@@ -513,6 +513,29 @@ def resolve_pads(
     return begins + ends
 
 
+def window_span(attrs: dict[str, Any], in_spatial: tuple[int, ...] | list[int]) -> list[tuple[int, int, int]]:
+    """Per spatial axis of a Conv/Pool, ``(stride, begin, end)``: output position ``o`` reads input positions
+    ``stride·o + begin … stride·o + end`` (pads and dilation included; auto_pad resolved for ``in_spatial``)."""
+    pads = resolve_pads(attrs, in_spatial)
+    ks, st = attrs["kernel_shape"], attrs["strides"]
+    dl = attrs.get("dilations") or [1] * len(ks)
+    return [(int(st[i]), -int(pads[i]), int((ks[i] - 1) * dl[i] - pads[i])) for i in range(len(ks))]
+
+
+def spatial_pads(node: Node) -> list[int] | None:
+    """``[top, left, bottom, right]`` of a constant-mode Pad that pads only H and W of an NCHW tensor by constant
+    amounts (normalised into ``node.attrs``), else ``None`` (other modes, an ``axes`` input, batch or channel pads,
+    amounts computed at run time)."""
+    a = node.attrs
+    if node.op_type != "Pad" or a.get("mode", "constant") != "constant" or "axes" in a or (
+            len(node.inputs) > 3 and node.inputs[3]):
+        return None
+    pads = a.get("pads")
+    if pads is None or len(pads) != 8 or pads[0] or pads[1] or pads[4] or pads[5]:
+        return None
+    return [int(pads[2]), int(pads[3]), int(pads[6]), int(pads[7])]
+
+
 def load_graph(path: str) -> Graph:
     """Load a model file safely and analyse it (convenience for tests and tools)."""
     from onnxfix.io.model import load_model

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxfix.autodiff.registry import VJP_RULES
 from onnxfix.errors import InputError, UnsupportedModel, UnsupportedOp
-from onnxfix.graph import Graph, Node
+from onnxfix.graph import Graph, Node, spatial_pads
 
 MODES = ("gradient", "guided", "deconvnet")
 #: The backward nodes are written in the syntax of this opset and later (axes as inputs, Split sizes as input…).
@@ -372,19 +372,10 @@ FOLD_PADS = True  # fold zero Pads into the Convs they feed before differentiati
 def _foldable_pad(graph: Graph, node: Node, keep: set[str]) -> tuple[list[int], Node] | None:
     """(spatial begin + end pads, the Conv) when ``node`` is a zero, constant-mode Pad of the spatial axes of an
     NCHW tensor whose only reader is a Conv with explicit pads; else ``None``."""
-    if node.op_type != "Pad" or node.attrs.get("mode", "constant") != "constant" or node.outputs[0] in keep:
+    pads = spatial_pads(node)
+    if pads is None or node.outputs[0] in keep or any(q < 0 for q in pads) or node.attrs.get("value", 0.0) != 0.0:
         return None
-    pads = node.attrs.get("pads")
-    if pads is None and len(node.inputs) > 1 and node.inputs[1]:
-        v = graph.constants.get(node.inputs[1])
-        pads = None if v is None else [int(q) for q in np.asarray(v).reshape(-1)]
-    if pads is None or len(pads) != 8 or any(q < 0 for q in pads) or pads[0] or pads[1] or pads[4] or pads[5]:
-        return None
-    value = node.attrs.get("value", 0.0)
-    if len(node.inputs) > 2 and node.inputs[2]:
-        v = graph.constants.get(node.inputs[2])
-        value = None if v is None or np.asarray(v).size != 1 else float(np.asarray(v).reshape(-1)[0])
-    if value != 0.0 or (len(node.inputs) > 3 and node.inputs[3]):
+    if len(node.inputs) > 2 and node.inputs[2] and node.inputs[2] not in graph.constants:  # a run-time pad value
         return None
     readers = graph.consumers(node.outputs[0])
     if len(readers) != 1 or readers[0].op_type != "Conv" or readers[0].inputs[0] != node.outputs[0]:
@@ -392,7 +383,7 @@ def _foldable_pad(graph: Graph, node: Node, keep: set[str]) -> tuple[list[int], 
     conv = readers[0]
     if conv.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
         return None
-    return [pads[2], pads[3], pads[6], pads[7]], conv
+    return pads, conv
 
 
 def fold_pads(graph: Graph, keep: Sequence[str] = ()) -> Graph:

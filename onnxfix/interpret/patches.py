@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from onnxfix.errors import UnsupportedModel
-from onnxfix.graph import Graph, resolve_pads
+from onnxfix.graph import Graph, window_span
 
 _WINDOW = {"Conv", "MaxPool", "AveragePool", "LpPool"}
 _MIX_ALL = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "Reshape", "Flatten", "Gemm", "MatMul", "Resize",
@@ -101,18 +101,12 @@ def receptive_field(graph: Graph, source: str, tensor: str, layout: str = "nchw"
                 raise UnsupportedModel(f"receptive field: {op} node {node.name} does not read an NCHW map")
             shape = graph.shape(node.inputs[0])
             attrs = node.attrs
-            if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "", None, "VALID"):
-                if shape is None or not all(isinstance(d, int) for d in shape[2:]):
-                    raise UnsupportedModel(f"receptive field: {node.name} uses auto_pad on an input of unknown size")
-                pads = resolve_pads(attrs, list(shape[2:]))
-            else:
-                pads = resolve_pads(attrs, [1, 1]) if attrs.get("auto_pad") == "VALID" else list(attrs["pads"])
-            new = {}
-            for k, ax in enumerate((2, 3)):
-                f = st[ax]
-                s, d, kk, p = attrs["strides"][k], attrs["dilations"][k], attrs["kernel_shape"][k], pads[k]
-                new[ax] = Field(f.a * s, f.b0 - p * f.a, f.b1 + (d * (kk - 1) - p) * f.a)
-            state[out] = new
+            known = shape is not None and all(isinstance(d, int) for d in shape[2:])
+            if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "", None, "VALID") and not known:
+                raise UnsupportedModel(f"receptive field: {node.name} uses auto_pad on an input of unknown size")
+            span = window_span(attrs, list(shape[2:]) if known else [1, 1])  # type: ignore[index]
+            state[out] = {ax: Field(st[ax].a * span[k][0], st[ax].b0 + span[k][1] * st[ax].a,
+                                    st[ax].b1 + span[k][2] * st[ax].a) for k, ax in enumerate((2, 3))}
         elif op == "Pad":
             st = state[ins[0]]
             pads = list(node.attrs.get("pads") or [])

@@ -32,7 +32,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxfix.errors import OnnxfixError
-from onnxfix.graph import Graph, Node, resolve_pads
+from onnxfix.graph import Graph, Node, resolve_pads, spatial_pads, window_span
 from onnxfix.model import Model
 from onnxfix.runtime import Runtime
 
@@ -68,34 +68,16 @@ def _spatial_extent_one(graph: Graph, name: str) -> bool:
 
 def _windowed(graph: Graph, node: Node, g: Geo) -> Geo | None:
     a = node.attrs
-    ks, st, dl = a.get("kernel_shape"), a.get("strides"), a.get("dilations") or [1, 1]
+    ks = a.get("kernel_shape")
     if ks is None or len(ks) != 2:
         return None
     shape = graph.shape(node.inputs[0])
     if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]):
         return None
-    pads = resolve_pads(a, shape[2:])
-    s, lo, hi = [], [], []
-    for i in range(2):
-        s.append(g.s[i] * st[i])
-        lo.append(g.lo[i] - g.s[i] * pads[i])
-        hi.append(g.hi[i] + g.s[i] * (-pads[i] + (ks[i] - 1) * dl[i]))
-    return Geo(tuple(s), tuple(lo), tuple(hi))  # type: ignore[arg-type]
-
-
-def _pad_begin(graph: Graph, node: Node) -> list[int] | None:
-    mode = node.attrs.get("mode", "constant")
-    if mode != "constant":
-        return None
-    pads = node.attrs.get("pads")
-    if pads is None and len(node.inputs) > 1:
-        v = graph.constants.get(node.inputs[1])
-        pads = None if v is None else [int(p) for p in v]
-    if pads is None or len(pads) != 8 or pads[0] or pads[4]:
-        return None
-    if len(node.inputs) > 3 and node.inputs[3]:  # axes
-        return None
-    return [pads[2], pads[3]]
+    span = window_span(a, shape[2:])
+    return Geo(tuple(g.s[i] * span[i][0] for i in range(2)),  # type: ignore[arg-type]
+               tuple(g.lo[i] + g.s[i] * span[i][1] for i in range(2)),
+               tuple(g.hi[i] + g.s[i] * span[i][2] for i in range(2)))
 
 
 def geometry(graph: Graph, source: str, nodes: list[Node]) -> dict[str, Geo]:
@@ -114,7 +96,7 @@ def geometry(graph: Graph, source: str, nodes: list[Node]) -> dict[str, Geo]:
         if op in WINDOWED and data == [node.inputs[0]]:
             out = _windowed(graph, node, g0)
         elif op == "Pad" and data == [node.inputs[0]]:
-            pb = _pad_begin(graph, node)
+            pb = spatial_pads(node)
             if pb is not None:
                 out = Geo(g0.s, (g0.lo[0] - g0.s[0] * pb[0], g0.lo[1] - g0.s[1] * pb[1]),
                           (g0.hi[0] - g0.s[0] * pb[0], g0.hi[1] - g0.s[1] * pb[1]))
@@ -200,7 +182,7 @@ class Plan:
 
 def _submodel(graph: Graph, nodes: list[Node], source: str, dims: list, output: str) -> onnx.ModelProto:
     """``nodes`` as a model reading ``source`` (shape ``dims``, batch symbolic); auto_pad resolved for the full
-    size; a Reshape to a constant shape starting with a batch of one copies the batch instead."""
+    size; Reshapes copy the batch (:func:`copy_batch_in_reshapes`)."""
     protos = {o: pn for pn in graph.model.graph.node for o in pn.output}
     pnodes = []
     inits = {t.name: t for t in graph.model.graph.initializer}
@@ -213,13 +195,6 @@ def _submodel(graph: Graph, nodes: list[Node], source: str, dims: list, output: 
             keep = [a for a in pn.attribute if a.name not in ("auto_pad", "pads")]
             del pn.attribute[:]
             pn.attribute.extend(keep + [helper.make_attribute("pads", pads)])
-        if n.op_type == "Reshape" and len(n.inputs) > 1 and n.inputs[1] in graph.constants:
-            shape = np.asarray(graph.constants[n.inputs[1]]).astype(np.int64).copy()
-            if shape.size and shape[0] == 1 and not n.attrs.get("allowzero", 0):
-                shape[0] = 0
-                name = n.inputs[1] + "/batch"
-                extra.append(numpy_helper.from_array(shape, name))
-                pn.input[1] = name
         pnodes.append(pn)
     used = {i for pn in pnodes for i in pn.input}
     for name in used:  # folded constants that are not initializers of the original model
@@ -229,7 +204,30 @@ def _submodel(graph: Graph, nodes: list[Node], source: str, dims: list, output: 
     g = helper.make_graph(pnodes, "local", [helper.make_tensor_value_info(source, f, dims)],
                           [helper.make_tensor_value_info(output, f, None)],
                           initializer=[inits[i] for i in used if i in inits] + extra)
-    return helper.make_model(g, opset_imports=list(graph.model.opset_import), ir_version=graph.model.ir_version)
+    m = helper.make_model(g, opset_imports=list(graph.model.opset_import), ir_version=graph.model.ir_version)
+    copy_batch_in_reshapes(m, graph.constants)
+    return m
+
+
+def copy_batch_in_reshapes(model: onnx.ModelProto, constants: dict[str, np.ndarray]) -> None:
+    """In place: a Reshape to a constant shape that starts with a batch of one copies the batch instead (0), so
+    that a model exported with a fixed batch of one runs batches (``allowzero`` Reshapes are left alone)."""
+    g = model.graph
+    have = {t.name for t in g.initializer}
+    for node in g.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in constants:
+            continue
+        if any(a.name == "allowzero" and a.i for a in node.attribute):
+            continue
+        shape = np.asarray(constants[node.input[1]]).astype(np.int64).copy()
+        if not shape.size or shape[0] != 1:
+            continue
+        shape[0] = 0
+        name = node.input[1] + "/batch"
+        if name not in have:
+            g.initializer.append(numpy_helper.from_array(shape, name))
+            have.add(name)
+        node.input[1] = name
 
 
 def _cuts(model: Model) -> tuple[list[str], dict[str, float], float]:

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 from onnxfix.errors import InputError, OnnxfixError
 from onnxfix.graph import Graph
 from onnxfix.methods.base import Method, Result, register_method
-from onnxfix.methods.local_forward import local_plan, run_windows
+from onnxfix.methods.local_forward import copy_batch_in_reshapes, local_plan, run_windows
 from onnxfix.runtime import Runtime
 
 BATCH = 32
@@ -40,18 +40,8 @@ def _batch_dynamic_copy(model) -> onnx.ModelProto:
         if vi.name in (model.input, *model.graph.outputs) and len(dims) and dims[0].dim_value == 1:
             dims[0].dim_param = "batch"
     del g.value_info[:]
-    inits = {t.name: t for t in g.initializer}
-    for node in g.node:
-        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in inits:
-            shape = numpy_helper.to_array(inits[node.input[1]]).copy()
-            allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
-            if shape.size and shape[0] == 1 and not allowzero:
-                shape[0] = 0
-                name = node.input[1] + "/batch"
-                if name not in inits:
-                    inits[name] = numpy_helper.from_array(shape, name)
-                    g.initializer.append(inits[name])
-                node.input[1] = name
+    shapes = {n.input[1] for n in g.node if n.op_type == "Reshape" and len(n.input) > 1}
+    copy_batch_in_reshapes(m, {t.name: numpy_helper.to_array(t) for t in g.initializer if t.name in shapes})
     return m
 
 
