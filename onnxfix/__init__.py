@@ -4,10 +4,22 @@
 >>> ex = onnxfix.Explainer("model.onnx")
 >>> e = ex.explain("cat.jpg", method="fixations")
 >>> e.points, e.box, e.heatmap.shape
+>>> es = ex.explain(["a.jpg", "b.jpg"], method="gradcam", target=onnxfix.Class("espresso"), batch_size=8)
 """
 
 from onnxfix.api import Explainer, Explanation
 from onnxfix.errors import InputError, OnnxfixError, UnsupportedModel, UnsupportedOp
+from onnxfix.targets import Box, Class, Output, Region, Step, Target, parse_target
 
-__version__ = "0.1.0"
-__all__ = ["Explainer", "Explanation", "InputError", "OnnxfixError", "UnsupportedModel", "UnsupportedOp"]
+__version__ = "0.2.0"
+
+
+def read_results(path):  # noqa: ANN001, ANN201 - re-exported from onnxfix.batch (optional pyarrow)
+    """The table of an ``onnxfix batch`` run (``onnxfix.batch.read_results``)."""
+    from onnxfix.batch import read_results as _read
+
+    return _read(path)
+
+
+__all__ = ["Box", "Class", "Explainer", "Explanation", "InputError", "OnnxfixError", "Output", "Region", "Step",
+           "Target", "UnsupportedModel", "UnsupportedOp", "parse_target", "read_results"]

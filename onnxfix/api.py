@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +20,70 @@ from onnxfix import maps, render
 from onnxfix.errors import InputError, UnsupportedModel
 from onnxfix.io.image import Frame, Preprocess, prepare
 from onnxfix.methods import METHODS
-from onnxfix.model import Model, Target
+from onnxfix.model import Model
+from onnxfix.targets import Resolved, Target, parse_target
 
 
-@dataclass
 class Explanation:
-    """One explained image × method. Coordinates (points, box, heatmap) are on the user's image pixels."""
+    """One explained image × method. Coordinates (points, box, heatmap) are on the user's image pixels.
 
-    method: str
-    target: int
-    label: str
-    step: int | None
-    score: float
-    logit: float
-    scores: np.ndarray
-    top: list[dict]
-    attribution: np.ndarray
-    heatmap: np.ndarray
-    points: np.ndarray | None
-    box: list[float] | None
-    frame: Frame
-    image: Image.Image | None = None
-    seconds: float = 0.0
-    extras: dict[str, Any] = field(default_factory=dict)
+    The raw numbers (``attribution``, ``target``, ``scores``…) are set at construction; the picture-side values
+    (``heatmap``, ``box``, and the fixations' density) are computed on first access, so batch and pipeline users pay
+    nothing for pictures they do not want."""
+
+    def __init__(self, method: str, target: int, label: str, step: int | None, score: float, logit: float,
+                 scores: np.ndarray, top: list[dict], attribution: Any, frame: Frame, map: np.ndarray | None = None,
+                 points: np.ndarray | None = None, image: Image.Image | None = None, seconds: float = 0.0,
+                 extras: dict[str, Any] | None = None, resolved: Resolved | None = None):
+        self.method, self.target, self.label, self.step = method, target, label, step
+        self.score, self.logit, self.scores, self.top = score, logit, scores, top
+        self.attribution, self.frame, self.map, self.points = attribution, frame, map, points
+        self.image, self.seconds, self.extras = image, seconds, dict(extras or {})
+        self.resolved = resolved
+        self._heatmap: np.ndarray | None = None
+        self._box: list[float] | None = None
+        self._box_done = False
+        self._inliers: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        return (f"Explanation(method={self.method!r}, target={self.target}, label={self.label!r}, "
+                f"score={self.score:.4f})")
+
+    def _inlier_points(self) -> np.ndarray:
+        if self._inliers is None:
+            pts = self.points if self.points is not None else np.zeros((0, 2))
+            self._inliers = pts[maps.fixation_inliers(pts, self.frame.image_hw)]
+        return self._inliers
+
+    @property
+    def heatmap(self) -> np.ndarray:
+        """float32 (H, W) in [0, 1] on the user's image pixels (lazy)."""
+        if self._heatmap is None:
+            hw = self.frame.image_hw
+            if self.points is not None:
+                self._heatmap = maps.density(self._inlier_points(), hw, maps.fixation_sigma(self.frame.input_hw, hw))
+            elif self.map is not None:
+                self._heatmap = maps.normalise(maps.resize_map(self.map, hw))
+            else:
+                self._heatmap = np.zeros(hw, np.float32)
+        return self._heatmap
+
+    @heatmap.setter
+    def heatmap(self, value: np.ndarray) -> None:
+        self._heatmap = value
+
+    @property
+    def box(self) -> list[float] | None:
+        """[x0, y0, x1, y1] on the user's image pixels (lazy): the fixations' inlier box, or a box from the map."""
+        if not self._box_done:
+            self._box = maps.bounding_box(self._inlier_points()) if self.points is not None else \
+                maps.heatmap_box(self.heatmap)
+            self._box_done = True
+        return self._box
+
+    @box.setter
+    def box(self, value: list[float] | None) -> None:
+        self._box, self._box_done = value, True
 
     def render(self, alpha: float = 0.5) -> Image.Image:
         """The overlay picture: image (or a grey canvas for preprocessed input) + heatmap + points + box."""
@@ -70,6 +111,8 @@ class Explanation:
         }
         if self.step is not None:
             d["target"]["step"] = self.step
+        if self.resolved is not None and self.resolved.kind not in ("class", "step"):
+            d["target"]["kind"] = self.resolved.kind
         if "textual" in self.extras:  # Grad-CAM §7 (onnxfix.methods.textual)
             d["textual"] = self.extras["textual"]
         return d
@@ -106,6 +149,11 @@ class Explainer:
                  labels: str | list[str] | None = None, output: str | None = None, preprocess: dict | None = None,
                  threads: int | None = None, max_image_pixels: int | None = None, max_model_mb: float | None = None,
                  memory_budget_mb: float | None = None):
+        #: the constructor's arguments: an Explainer pickles as these (a path-loaded one is rebuilt on unpickling,
+        #: e.g. in a worker process) and never ships its sessions
+        self._init_args = dict(model=model, provider=provider, labels=labels, output=output, preprocess=preprocess,
+                               threads=threads, max_image_pixels=max_image_pixels, max_model_mb=max_model_mb,
+                               memory_budget_mb=memory_budget_mb)
         self.model = Model(model, provider=provider, output=output, labels_file=labels, threads=threads,
                            max_model_bytes=None if max_model_mb is None else int(max_model_mb * 1024**2))
         self.max_image_pixels = max_image_pixels
@@ -137,6 +185,12 @@ class Explainer:
         """Decode and preprocess ``image`` into the model's input tensor."""
         return prepare(image, self.spec, self.model.input_shape, self.max_image_pixels)
 
+    def __getstate__(self) -> dict:
+        return {"init_args": self._init_args}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state["init_args"])  # type: ignore[misc]
+
     def predict(self, image: Any, k: int = 5) -> list[dict]:
         """Top-``k`` classes for ``image`` (forward only)."""
         x, _, _ = self.prepare(image)
@@ -144,71 +198,169 @@ class Explainer:
         target = self.model.resolve_target(values[self.model.head.logits])
         return self.model.top(self.model.scores_at(values[self.model.head.logits], target.step), k)
 
-    def explain(self, image: Any, method: str = "fixations", target: int | str | None = None,
-                layer: str | None = None, step: int | None = None, top_k: int = 5,
-                **options: Any) -> Explanation:
-        """Explain one image.
-
-        Parameters
-        ----------
-        image : path, PIL image, H×W×C uint8 array, or a preprocessed float32 array shaped like the input
-        method : str
-            One of :data:`onnxfix.methods.METHODS` (``Explainer.methods()`` tells which apply).
-        target : int or str, optional
-            Class index or label to explain; default the top class.
-        layer : str, optional
-            Layer (tensor or node name) for layer methods.
-        step : int, optional
-            Time step for sequence outputs; default the most confident step.
-
-        Returns
-        -------
-        Explanation
-        """
+    def _method(self, method: str):
         m = METHODS.get(method)
         if m is None:
-            raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+            raise InputError(f"unknown method {str(method)[:80]!r}; choose from {', '.join(METHODS)}")
         why = self._why_not(method)
         if why:
             ok = [n for n, r in self.methods().items() if r is None]
             raise UnsupportedModel(f"{method} cannot explain this model: {why}; methods that work: "
                                    f"{', '.join(ok) or 'none'}")
-        t0 = time.perf_counter()
-        x, frame, img = self.prepare(image)
-        mdl = self.model
-        opts = dict(options)
+        return m
+
+    def _target(self, target: Any, step: int | None) -> Target | None:
+        from onnxfix.targets import Class, Step
+
+        t = parse_target(target)
+        if step is not None:
+            if isinstance(step, bool) or not isinstance(step, int | np.integer):
+                raise InputError(f"step {step!r} is not an integer")
+            if self.model.head.time_axis is None:
+                raise InputError(f"--step {step}: the explained output {self.model.head.output!r} has no time axis "
+                                 "(it is not a sequence); leave --step out")
+            if t is not None and not isinstance(t, Class | Step):
+                raise InputError(f"--step applies to class targets on sequence outputs, not to {t!r}")
+            t = Step(int(step), None if t is None else (t.index_or_label if isinstance(t, Class) else t.cls))
+        return t
+
+    def attribute(self, /, x: np.ndarray, method: str = "saliency", targets: list[Any] | Any = None,
+                  layer: str | None = None, **options: Any):
+        """Raw attributions for a preprocessed batch (Captum's ``attribute``): no images, no pictures.
+
+        Parameters
+        ----------
+        x : ndarray
+            A batch shaped like the model input (N, ...), already preprocessed.
+        method : str
+            A method name (:meth:`methods` tells which apply).
+        targets : target or list of targets, optional
+            One for all images or one per image (ints, labels, CLI strings or :mod:`onnxfix.targets` objects).
+        layer : str, optional
+            Layer for layer methods.
+
+        Returns
+        -------
+        onnxfix.methods.base.Attribution
+        """
+        m = self._method(method)
+        x = np.asarray(x)
+        if x.ndim != len(self.model.input_shape):
+            raise InputError(f"x has {x.ndim} dimensions; the model input {self.model.input!r} has "
+                             f"{len(self.model.input_shape)}")
+        n = x.shape[0]
+        ts = list(targets) if isinstance(targets, list | tuple) else [targets] * n
+        if len(ts) != n:
+            raise InputError(f"{len(ts)} targets for a batch of {n} images")
         if layer is not None:
-            opts["layer"] = layer
-        one_pass = m.explain_in_one_pass(mdl, x, target, step, **opts)
-        if one_pass is not None:
-            logits, tgt, res = one_pass
+            options = {**options, "layer": layer}
+        opts = m.parse_options(options)
+        mdl = self.model if n == 1 else self.model.batch_model()
+        if mdl is None:  # no batch-dynamic form reproduces the model: one image at a time
+            parts = [m.attribute(self.model, x[i:i + 1], [self._target(ts[i], None)], opts) for i in range(n)]
+            return _concat(parts, self.model.head.batch_axis)
+        return m.attribute(mdl, x.astype(self.model.graph.tensors[self.model.input].dtype or np.float32, copy=False),
+                           [self._target(t, None) for t in ts], opts)
+
+    def explain(self, /, image: Any, method: str = "fixations", target: Any = None,
+                layer: str | None = None, step: int | None = None, top_k: int = 5, batch_size: int = 8,
+                **options: Any) -> Explanation | list[Explanation]:
+        """Explain one image, or a list / iterator of images in batches.
+
+        Parameters
+        ----------
+        image : path, PIL image, H×W×C uint8 array, a preprocessed float32 array shaped like the input — or a list
+            / iterator of those (then a list of explanations comes back, in order)
+        method : str
+            One of :data:`onnxfix.methods.METHODS` (``Explainer.methods()`` tells which apply).
+        target : int, str or Target, or a list of them (one per image), optional
+            Class index, label, CLI target string (``"box:0"``, ``"region:3"``) or an :mod:`onnxfix.targets` object;
+            default the top class (a dense output: its main predicted region).
+        layer : str, optional
+            Layer (tensor or node name) for layer methods.
+        step : int, optional
+            Time step for sequence outputs; default the most confident step.
+        batch_size : int
+            Images per ORT call for lists (models with a fixed batch of one run through a validated batch-dynamic
+            copy; if none reproduces the model, one by one). Results equal the one-by-one ones.
+        **options
+            The method's typed options (``onnxfix methods``; an unknown or ill-typed one is an InputError).
+
+        Returns
+        -------
+        Explanation, or a list of them for a list / iterator input
+        """
+        single = not isinstance(image, list | tuple | Iterator) and not (
+            isinstance(image, Iterable) and not isinstance(image, str | bytes | os.PathLike | np.ndarray
+                                                           | Image.Image))
+        if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 0:
+            raise InputError(f"top_k must be a non-negative integer, got {top_k!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or not 1 <= batch_size <= 4096:
+            raise InputError(f"batch_size must be an integer in 1..4096, got {batch_size!r}")
+        m = self._method(method)
+        if layer is not None:
+            options = {**options, "layer": layer}
+        opts = m.parse_options(options)
+        images = [image] if single else image
+        if not single and isinstance(target, list | tuple):
+            targets_in: Iterator[Any] | None = iter(target)
         else:
-            values = mdl.runtime.run({mdl.input: x}, m.forward_tensors(mdl, **opts))
-            logits = values[mdl.head.logits]
-            if not np.isfinite(logits).all():
-                raise InputError("the model produced NaN or Inf scores for this input; nothing to explain")
-            tgt: Target = mdl.resolve_target(logits, target, step)
-            res = m.explain(mdl, x, values, tgt, **opts)
-        if "textual" in res.extras:  # Grad-CAM §7: boxes and peaks to the image frame (onnxfix.methods.textual)
+            targets_in = None
+        out: list[Explanation] = []
+        chunk: list[tuple[Any, Any]] = []
+        for img in images:
+            t = next(targets_in, None) if targets_in is not None else target
+            chunk.append((img, self._target(t, step)))
+            if len(chunk) >= batch_size:
+                out.extend(self._explain_batch(m, chunk, opts, top_k))
+                chunk = []
+        if chunk:
+            out.extend(self._explain_batch(m, chunk, opts, top_k))
+        if targets_in is not None and next(targets_in, None) is not None:
+            raise InputError(f"more targets than images ({len(out)} images)")
+        return out[0] if single else out
+
+    def _explain_batch(self, m, chunk: list[tuple[Any, Any]], opts: Any, top_k: int) -> list[Explanation]:
+        t0 = time.perf_counter()
+        prepared = [self.prepare(img) for img, _ in chunk]
+        x = np.concatenate([p[0] for p in prepared]) if len(prepared) > 1 else prepared[0][0]
+        targets = [t for _, t in chunk]
+        mdl = self.model if len(chunk) == 1 else self.model.batch_model()
+        if mdl is None:
+            atts = [m.attribute(self.model, x[i:i + 1], [targets[i]], opts) for i in range(len(chunk))]
+            items = [(a, 0) for a in atts]
+        else:
+            att = m.attribute(mdl, x, targets, opts)
+            items = [(att, i) for i in range(len(chunk))]
+        seconds = (time.perf_counter() - t0) / len(chunk)
+        out = []
+        for (att, i), (_x, frame, img) in zip(items, prepared, strict=True):
+            out.append(self._explanation(m, att, i, frame, img, seconds, top_k))
+        return out
+
+    def _explanation(self, m, att, i: int, frame: Frame, img: Image.Image | None, seconds: float,
+                     top_k: int) -> Explanation:
+        mdl = self.model
+        res = att.item(i)
+        tgt: Resolved = att.targets[i]
+        extras = dict(res.extras)
+        if "textual" in extras:  # Grad-CAM §7: boxes and peaks to the image frame (onnxfix.methods.textual)
             from onnxfix.methods.textual import to_image_frame
 
-            res.extras["textual"] = to_image_frame(res.extras["textual"], frame)
-        image_hw = frame.image_hw
-        if res.points is not None:
-            pts = frame.to_image(res.points)
-            inl = pts[maps.fixation_inliers(pts, image_hw)]
-            heat = maps.density(inl, image_hw, maps.fixation_sigma(frame.input_hw, image_hw))
-            box = maps.bounding_box(inl)
-        else:
-            pts = None
-            heat = maps.normalise(maps.resize_map(res.map, image_hw)) if res.map is not None else np.zeros(
-                image_hw, np.float32)
-            box = maps.heatmap_box(heat)
-        scores = mdl.scores_at(logits, tgt.step)
-        return Explanation(
-            method=method, target=tgt.index, label=tgt.label, step=tgt.step, score=tgt.score, logit=tgt.logit,
-            scores=scores, top=mdl.top(scores, top_k), attribution=res.attribution, heatmap=heat, points=pts,
-            box=box, frame=frame, image=img, seconds=time.perf_counter() - t0, extras=res.extras)
+            extras["textual"] = to_image_frame(extras["textual"], frame)
+        pts = frame.to_image(res.points) if res.points is not None else None
+        scores = mdl.scores_at(att.logits, tgt.step, tgt.coords[mdl.head.batch_axis]
+                               if mdl.head.batch_axis is not None else 0)
+        return Explanation(method=m.name, target=tgt.index, label=tgt.label, step=tgt.step, score=tgt.score,
+                           logit=tgt.logit, scores=scores, top=mdl.top(scores, top_k), attribution=res.attribution,
+                           frame=frame, map=res.map, points=pts, image=img, seconds=seconds, extras=extras,
+                           resolved=tgt)
+
+    def export(self, path: str | os.PathLike, method: str = "gradcam", **kwargs: Any) -> Path:
+        """Write the model with its explanation computed in-graph (``onnxfix export``; docs/export.md)."""
+        from onnxfix.export import export_model
+
+        return export_model(self, path, method=method, **kwargs).path
 
     def gradient(self, image: Any, of: str | None = None, wrt: list[str] | str | None = None,
                  seed: np.ndarray | None = None, mode: str = "gradient", strided: str = "exact"
@@ -266,3 +418,20 @@ class Explainer:
         """Every intermediate tensor for ``image``, by name."""
         x, _, _ = self.prepare(image)
         return self.model.runtime.activations({self.model.input: x})
+
+
+def _concat(parts: list, batch_axis: int | None):
+    """One Attribution from per-image ones (their targets re-indexed to the batch)."""
+    from onnxfix.methods.base import Attribution
+
+    first = parts[0]
+    vals = [p.values[0:1] if isinstance(p.values, np.ndarray) and first.kind == "input" else p.values[0]
+            for p in parts]
+    values: Any = vals
+    if first.kind != "points" and len({np.shape(v) for v in vals}) == 1:
+        values = np.concatenate(vals) if first.kind == "input" else np.stack(vals)
+    ax = batch_axis if batch_axis is not None else 0
+    logits = np.concatenate([p.logits for p in parts], axis=ax)
+    targets = [p.targets[0].at_batch(i, batch_axis) for i, p in enumerate(parts)]
+    return Attribution(first.method, first.kind, values, [p.maps[0] for p in parts], targets, logits,
+                       [p.extras[0] for p in parts], [p.points[0] if p.points else None for p in parts])

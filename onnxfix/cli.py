@@ -248,6 +248,8 @@ SUBCOMMANDS: dict[str, str] = {
     "interpret": "onnxfix.interpret.cmd_interpret:cmd_interpret",
     "impression": "onnxfix.interpret.cmd_views:cmd_impression",
     "view": "onnxfix.interpret.cmd_views:cmd_view",
+    "export": "onnxfix.export:cmd_export",
+    "serve": "onnxfix.serve.cli:cmd_serve",
 }
 
 

@@ -30,10 +30,14 @@ from onnx import helper, numpy_helper, shape_inference
 
 from onnxfix.errors import InputError
 
+# SHAPE_ONLY: ops that read only a shape; DISCRETE: ops whose output is an index chosen by the input's values —
+# piecewise constant (zero gradient) and carrying no location of the input (CNN Fixations §III-D traces a captioner's
+# words through m_{t−1}, not through the fed-back predicted word): data paths go through neither (onnxfix.ops)
+from onnxfix.ops import DISCRETE, SHAPE_ONLY
+
 #: Ops never folded even when their inputs are constant (random, or with side effects on shapes we keep).
 _NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
-#: Ops whose output depends only on the *shape* of their input: no data flows through them.
-SHAPE_ONLY = {"Shape", "Size"}
+
 #: Largest constant (elements) that folding may create; bigger subgraphs stay as they are.
 _MAX_FOLD_ELEMENTS = 50_000_000
 
@@ -193,7 +197,6 @@ def _evaluate(
     model: onnx.ModelProto, nodes: list[onnx.NodeProto], direct: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray] | None:
     """Run the constant-only ``nodes`` with ONNX Runtime in one session; return every output's value."""
-    import onnxruntime as ort
 
     g = model.graph
     outputs = [o for n in nodes for o in n.output if o and o not in direct]
@@ -223,9 +226,9 @@ def _evaluate(
     for vi in m.graph.output:
         vi.type.tensor_type.elem_type = types[vi.name]
     try:
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        from onnxfix.sessions import make_session
+
+        sess = make_session(m)
         res = sess.run(outputs, {})
     except Exception:  # noqa: BLE001 - leave the graph as it is; ORT will run it at forward time
         return None
@@ -330,6 +333,50 @@ class Graph:
                     d.add_edge(("op", node.name), ("tensor", o))
         return d
 
+    # -- sub-models -------------------------------------------------------------------------------------------
+    def submodel(self, inputs: list[str], outputs: list[str], name: str = "sub",
+                 nodes: list[Node] | None = None, batch_dynamic: bool = False) -> onnx.ModelProto:
+        """The nodes between ``inputs`` and ``outputs`` (or the given ``nodes``) as a model of their own: its inputs
+        are ``inputs`` plus every other non-constant tensor those nodes read (a skip connection), its initializers
+        the constants they use (folded ones included). The one sub-model extractor: Grad-CAM's tail, occlusion's
+        local stages and the batch-dynamic copy all come from here. With ``batch_dynamic`` the batch axis of the
+        inputs/outputs is symbolic and constant Reshapes copy the batch (:func:`copy_batch_in_reshapes`)."""
+        if nodes is None:
+            seen: dict[str, Node] = {}
+            for out in outputs:
+                for n in self.nodes_between(list(inputs), out):
+                    seen[n.name] = n
+            order = {n.name: i for i, n in enumerate(self.nodes)}
+            nodes = sorted(seen.values(), key=lambda n: order[n.name])
+        produced = {o for n in nodes for o in n.outputs if o}
+        ins = list(dict.fromkeys(inputs)) + sorted({i for n in nodes for i in n.inputs
+                                                    if i and i not in produced and i not in self.constants
+                                                    and i not in inputs})
+        protos = {o: pn for pn in self.model.graph.node for o in pn.output}
+        pnodes = list({id(protos[n.outputs[0]]): protos[n.outputs[0]] for n in nodes}.values())
+        used = {i for pn in pnodes for i in pn.input}
+        inits = {t.name: t for t in self.model.graph.initializer}
+        extra = [numpy_helper.from_array(np.asarray(self.constants[u]), u) for u in sorted(used)
+                 if u not in inits and u in self.constants]
+
+        def info(tname: str, batch: bool) -> onnx.ValueInfoProto:
+            t = self.tensors[tname]
+            elem = helper.np_dtype_to_tensor_dtype(t.dtype) if t.dtype is not None else onnx.TensorProto.FLOAT
+            dims = None if t.shape is None else [d if isinstance(d, int) and d > 0 else None for d in t.shape]
+            if batch and dims:
+                dims[0] = "batch"
+            return helper.make_tensor_value_info(tname, elem, dims)
+
+        sub = helper.make_graph(pnodes, name, [info(i, batch_dynamic) for i in ins],
+                                [info(o, batch_dynamic) for o in outputs],
+                                initializer=[inits[u] for u in sorted(used) if u in inits] + extra)
+        # IR ≥ 4: initializers need not be graph inputs (IR 3 requires it; the version converter then fails)
+        m = helper.make_model(sub, opset_imports=list(self.model.opset_import),
+                              ir_version=max(self.model.ir_version, 4))
+        if batch_dynamic:
+            copy_batch_in_reshapes(m, self.constants)
+        return m
+
     # -- queries ------------------------------------------------------------------------------------------------
     def is_constant(self, name: str) -> bool:
         return name in self.constants
@@ -358,7 +405,8 @@ class Graph:
         """Nodes on some data path from any of ``sources`` (tensors) to ``target`` (tensor), topological order.
 
         Paths through ``Shape``/``Size`` carry no values of the sources, only their shapes, so they are not
-        followed unless ``through_shape``. Results are cached (the graph never changes)."""
+        followed unless ``through_shape``; paths through ``ArgMax``/``ArgMin`` (:data:`DISCRETE`) carry an index,
+        no value or location, and are not followed either. Results are cached (the graph never changes)."""
         key = (tuple(sources), target, through_shape)
         hit = self._between_cache.get(key)
         if hit is not None:
@@ -370,7 +418,8 @@ class Graph:
             for w in self.nx.successors(v):
                 if w in down:
                     continue
-                if not through_shape and w[0] == "op" and self.node_by_name[w[1]].op_type in SHAPE_ONLY:
+                if w[0] == "op" and (self.node_by_name[w[1]].op_type in DISCRETE or (
+                        not through_shape and self.node_by_name[w[1]].op_type in SHAPE_ONLY)):
                     continue
                 down.add(w)
                 stack.append(w)
@@ -541,3 +590,39 @@ def load_graph(path: str) -> Graph:
     from onnxfix.io.model import load_model
 
     return Graph.from_model(load_model(path))
+
+
+def copy_batch_in_reshapes(model: onnx.ModelProto, constants: dict[str, np.ndarray]) -> None:
+    """In place: a Reshape to a constant shape that starts with a batch of one copies the batch instead (0), so
+    that a model exported with a fixed batch of one runs batches (``allowzero`` Reshapes are left alone)."""
+    g = model.graph
+    have = {t.name for t in g.initializer}
+    for node in g.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in constants:
+            continue
+        if any(a.name == "allowzero" and a.i for a in node.attribute):
+            continue
+        shape = np.asarray(constants[node.input[1]]).astype(np.int64).copy()
+        if not shape.size or shape[0] != 1:
+            continue
+        shape[0] = 0
+        name = node.input[1] + "/batch"
+        if name not in have:
+            g.initializer.append(numpy_helper.from_array(shape, name))
+            have.add(name)
+        node.input[1] = name
+
+
+def batch_dynamic_copy(graph: Graph, image_input: str) -> onnx.ModelProto:
+    """The whole model with a symbolic batch axis on ``image_input`` and the graph outputs (those of batch 1), and
+    constant Reshapes copying the batch; callers validate it against the batch-one model before use."""
+    m = onnx.ModelProto()
+    m.CopyFrom(graph.model)
+    g = m.graph
+    for vi in list(g.input) + list(g.output):
+        dims = vi.type.tensor_type.shape.dim
+        if vi.name in (image_input, *graph.outputs) and len(dims) and dims[0].dim_value == 1:
+            dims[0].dim_param = "batch"
+    del g.value_info[:]
+    copy_batch_in_reshapes(m, graph.constants)
+    return m

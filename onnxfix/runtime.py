@@ -17,10 +17,9 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from onnxfix.errors import InputError, UnsupportedModel
+from onnxfix.errors import InputError
 from onnxfix.graph import Graph
-
-_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+from onnxfix.sessions import choose_providers, make_session, session_options  # noqa: F401 - re-exported
 
 #: Memory-aware exposure: a forward pass may expose intermediate tensors worth at most this fraction of the memory
 #: available when it runs (``MemAvailable`` of /proc/meminfo, else ``os.sysconf``); beyond it the request is
@@ -42,31 +41,6 @@ def available_memory() -> int | None:
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (AttributeError, ValueError, OSError):
         return None
-
-
-def choose_providers(provider: str) -> tuple[list[str], str | None]:
-    """Execution providers for ``provider`` ("cpu" or "cuda") and a message when falling back to the CPU."""
-    if provider not in _PROVIDERS:
-        raise InputError(f"unknown provider {provider!r}; choose cpu or cuda")
-    if provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-        return _PROVIDERS["cpu"], (
-            "CUDA execution provider is not available in this onnxruntime build "
-            f"({', '.join(ort.get_available_providers())}); running on the CPU"
-        )
-    return _PROVIDERS[provider], None
-
-
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """Options for every session onnxfix makes: quiet logs, ``threads`` (or $ONNXFIX_THREADS) intra-op threads,
-    and no spin-waiting. Spinning workers of one session (the forward) keep the cores busy after its run and starve
-    the next one (the gradient program): measured 48 ms instead of 23 ms for EfficientNet's input gradient."""
-    so = ort.SessionOptions()
-    so.log_severity_level = 4  # failures reach the user as exceptions with ORT's message; no log lines on stderr
-    n = threads or int(os.environ.get("ONNXFIX_THREADS", "0") or 0)
-    if n:
-        so.intra_op_num_threads = n
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return so
 
 
 class Runtime:
@@ -110,10 +84,8 @@ class Runtime:
             sess = self._sessions.get(key)
             if sess is None:
                 model = self._model_with_outputs(sorted(key))
-                try:
-                    sess = ort.InferenceSession(model.SerializeToString(), self._options(), providers=self.providers)
-                except Exception as exc:  # noqa: BLE001 - ORT raises many types; all mean "cannot run"
-                    raise UnsupportedModel(f"ONNX Runtime cannot load this model: {_first_line(exc)}") from None
+                sess = make_session(model, "cuda" if "CUDAExecutionProvider" in self.providers else "cpu",
+                                    self.threads)
                 self._sessions[key] = sess
         return sess
 

@@ -40,7 +40,7 @@ class Case:
 
 
 def make_model(nodes: list[onnx.NodeProto], inputs: dict[str, np.ndarray], consts: dict[str, np.ndarray] | None = None,
-               outputs: list[str] | None = None, opset: int = 17) -> onnx.ModelProto:
+               outputs: list[str] | None = None, opset: int = 17, domains: tuple[str, ...] = ()) -> onnx.ModelProto:
     consts = consts or {}
     for i, n in enumerate(nodes):
         if not n.name:
@@ -53,8 +53,9 @@ def make_model(nodes: list[onnx.NodeProto], inputs: dict[str, np.ndarray], const
         outputs=[helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outputs],
         initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()],
     )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1)
+                                                                               for d in domains])
+    m.ir_version = 8 if opset <= 17 else (9 if opset <= 20 else 10)
     m = onnx.shape_inference.infer_shapes(m)
     return m
 
@@ -67,7 +68,7 @@ def session(model: onnx.ModelProto, outputs: list[str] | None = None) -> ort.Inf
         types = {vi.name: vi.type.tensor_type.elem_type for vi in
                  list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)}
         for o in outputs:
-            m.graph.output.append(helper.make_tensor_value_info(o, types.get(o, 1), None))
+            m.graph.output.append(helper.make_tensor_value_info(o, types.get(o) or 1, None))
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.intra_op_num_threads = 1

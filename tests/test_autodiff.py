@@ -185,11 +185,13 @@ def test_lstm_with_clip_is_unsupported():
 
 
 def _chain_model():
-    """x → Conv → Relu → Erf → Conv → Relu(r2) → Round(side branch) / GlobalAveragePool → Gemm → logits."""
+    """x → Conv → Relu → Hardmax → Conv → Relu(r2) → Round(side branch) / GlobalAveragePool → Gemm → logits.
+
+    (Hardmax: an op with no VJP rule; it was Erf until Erf got its rule.)"""
     r = np.random.default_rng(0)
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
              helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-             helper.make_node("Erf", ["r1"], ["e1"], name="erf1"),
+             helper.make_node("Hardmax", ["r1"], ["e1"], name="hardmax1"),
              helper.make_node("Conv", ["e1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
              helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
              helper.make_node("Round", ["r2"], ["side"], name="round_side"),
@@ -205,11 +207,11 @@ def _chain_model():
 
 def test_missing_rule_names_every_op_and_node_and_pruning_avoids_it():
     graph = Graph.from_model(_chain_model())
-    assert [n.name for n in missing_vjp_rules(graph, ["x"], "logits")] == ["erf1"]
+    assert [n.name for n in missing_vjp_rules(graph, ["x"], "logits")] == ["hardmax1"]
     with pytest.raises(UnsupportedOp) as ei:
         build_backward(graph, "logits", ["x"])
-    assert "Erf" in str(ei.value) and "erf1" in str(ei.value) and ei.value.ops == [("Erf", "erf1")]
-    # Grad-CAM at the last conv only needs the tail: no rule for Erf needed, no backward conv emitted.
+    assert "Hardmax" in str(ei.value) and "hardmax1" in str(ei.value) and ei.value.ops == [("Hardmax", "hardmax1")]
+    # Grad-CAM at the last conv only needs the tail: no rule for Hardmax needed, no backward conv emitted.
     model, _, names = build_backward(graph, "logits", ["r2"])
     bwd = [n for n in model.graph.node if n.name.startswith("grad/")]
     assert {n.op_type for n in bwd} <= {"Gemm", "Reshape", "Div", "Expand", "Identity", "Greater", "Where"}
@@ -219,7 +221,7 @@ def test_missing_rule_names_every_op_and_node_and_pruning_avoids_it():
 
 
 def test_several_missing_ops_are_all_named():
-    nodes = [helper.make_node("Erf", ["x"], ["a"], name="e"), helper.make_node("Round", ["a"], ["b"], name="rnd"),
+    nodes = [helper.make_node("Hardmax", ["x"], ["a"], name="e"), helper.make_node("Round", ["a"], ["b"], name="rnd"),
              helper.make_node("Weird", ["b"], ["c"], name="odd", domain="custom.domain"),
              helper.make_node("Relu", ["c"], ["y"], name="relu")]
     g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
@@ -228,7 +230,7 @@ def test_several_missing_ops_are_all_named():
     graph = Graph(m)
     with pytest.raises(UnsupportedOp) as ei:
         build_backward(graph, "y", ["x"])
-    assert ei.value.ops == [("Erf", "e"), ("Round", "rnd"), ("Weird", "odd")]
+    assert ei.value.ops == [("Hardmax", "e"), ("Round", "rnd"), ("Weird", "odd")]
 
 
 def test_bad_requests():

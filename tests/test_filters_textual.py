@@ -284,7 +284,8 @@ def test_textual_channels_are_argsort_of_independent_alpha(resnet):
     assert d["textual"] == json.loads(json.dumps(text))
     panel = T.textual_panel(e)
     assert panel.width >= 5 * T.TILE and panel.height >= 2 * T.TILE
-    assert "textual" not in resnet.explain(img, method="gradcam++", textual=True).extras
+    with pytest.raises(InputError, match="textual"):  # an option a method does not declare is refused (core contract)
+        resnet.explain(img, method="gradcam++", textual=True)
 
 
 def test_textual_helpers():

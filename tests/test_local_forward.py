@@ -47,7 +47,7 @@ def test_local_occlusion_equals_full_recomputation(ex, window, stride, baseline)
         opts.update(window=window, stride=stride)
     local = ex.explain(image, method="occlusion", **opts)
     full = ex.explain(image, method="occlusion", local=False, **opts)
-    plans = [p for p in ex.model.__dict__.get("_local_plans", {}).values() if p is not None]
+    plans = [p for p in ex.model.cache.get("local_plans", dict).values() if p is not None]
     assert plans, "the sample models are all local enough for a plan"
     scale = max(1e-6, float(np.abs(full.attribution).max()))
     assert np.abs(local.attribution - full.attribution).max() / scale < 1e-4
@@ -62,7 +62,7 @@ def test_a_failed_check_falls_back_to_full_recomputation(monkeypatch):
     monkeypatch.setattr(occ, "run_windows", lf.run_windows)
     image = SAMPLES / "resnet_shapes.png"
     got = ex.explain(image, method="occlusion", window=6, stride=3).attribution
-    assert list(ex.model._local_plans.values()) == [None]
+    assert list(ex.model.cache.get("local_plans", dict).values()) == [None]
     want = ex.explain(image, method="occlusion", window=6, stride=3, local=False).attribution
     np.testing.assert_array_equal(got, want)
 

@@ -260,6 +260,44 @@ def bench_gradient_methods(methods: list[str], runs: int, threads: int, name: st
     return rows
 
 
+def bench_batch(methods: list[str], n_images: int, threads: int, name: str = "efficientnet_lite0") -> list[dict]:
+    """Images/s for ``methods`` on ``name``: a one-by-one ``explain`` loop vs ``explain(list, batch_size=1)`` vs
+    ``explain(list, batch_size=8)``, interleaved so the machine's load hits all alike; raw attributions only (no
+    picture is made: the display work is lazy)."""
+    import skimage.data as sd
+
+    import onnxfix
+
+    os.environ["ONNXFIX_THREADS"] = str(threads)
+    rm = _real_models()
+    entry = rm.ensure([name])[name]
+    if "error" in entry:
+        return [{"model": name, "error": entry["error"]}]
+    pre = {k: entry[k] for k in ("mean", "std", "scale", "channels", "layout") if entry.get(k) is not None}
+    ex = onnxfix.Explainer(entry["path"], labels=entry.get("labels"), preprocess=pre, threads=threads)
+    photos = [sd.coffee(), sd.chelsea(), sd.rocket(), sd.astronaut()]
+    imgs = [ex.prepare(np.roll(photos[i % 4], 7 * i, axis=1))[0] for i in range(n_images)]
+    rows = []
+    for method in methods:
+        runs = {"one-by-one": lambda m=method: [ex.explain(x, method=m) for x in imgs],
+                "batch 1": lambda m=method: ex.explain(imgs, method=m, batch_size=1),
+                "batch 8": lambda m=method: ex.explain(imgs, method=m, batch_size=8)}
+        for fn in runs.values():  # warm-up: sessions, plans, the batch-dynamic copy
+            fn()
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for _ in range(3):
+            for k, fn in runs.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+        row = {"model": name, "method": method, "images": n_images}
+        for k, ts in times.items():
+            row[k] = round(n_images / float(np.median(ts)), 2)
+        row["batch 8 / one-by-one"] = round(row["batch 8"] / row["one-by-one"], 2)
+        rows.append(row)
+    return rows
+
+
 def _print_gradient_rows(rows: list[dict], runs: int, threads: int) -> None:
     print(f"\nonnxfix vs Captum, EfficientNet-Lite0 224×224, {threads} threads each, median of {runs} runs after "
           "warm-up")
@@ -290,7 +328,12 @@ def main() -> None:
                     help="fixations (vs a bare forward, on --models) and/or gradient methods (vs Captum, on "
                          "EfficientNet-Lite0)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--batch", type=int, default=16, metavar="N",
+                    help="images for the batch row (gradcam, saliency, fixations; 0 skips it)")
+    ap.add_argument("--only-batch", action="store_true", help="run only the batch row")
     a = ap.parse_args()
+    if a.only_batch:
+        a.methods = []
     rows = []
     if "fixations" in a.methods:
         rows = [bench_fixations(m, a.runs, a.threads) for m in a.models]
@@ -309,6 +352,16 @@ def main() -> None:
             print(r)
     if grad_rows:
         _print_gradient_rows(grad_rows, a.runs, a.threads)
+    if a.batch:
+        brows = bench_batch(["gradcam", "saliency", "fixations"], a.batch, a.threads)
+        print(f"\nimages/s on EfficientNet-Lite0, {a.batch} images, {a.threads} threads, median of 3")
+        print(f"{'method':<12}{'one-by-one':>12}{'batch 1':>10}{'batch 8':>10}{'batch 8 / one-by-one':>22}")
+        for r in brows:
+            if "error" in r:
+                print(r)
+                continue
+            print(f"{r['method']:<12}{r['one-by-one']:>12}{r['batch 1']:>10}{r['batch 8']:>10}"
+                  f"{r['batch 8 / one-by-one']:>22}")
     np.set_printoptions()
 
 

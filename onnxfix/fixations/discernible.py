@@ -1,137 +1,71 @@
-"""Layer-wise discernible neurons: a neuron-selection policy for the fixations tracer.
+"""Layer-wise discernible neurons as written: a neuron-selection policy for the fixations tracer.
 
-The ICLR 2020 submission "Layer-wise discernible neurons" (published as Iqbal, Muqeet, Bae, "Visual Interpretation
-of CNN Prediction Through Layerwise Sequential Selection of Discernible Neurons", IEEE Access 10, 2022) walks the
-network backwards like CNN Fixations, but instead of the single argmax input of every selected neuron it keeps, per
-selected neuron, the ``k`` input neurons with the highest score
+Paper: "Interpreting CNN prediction through layer-wise selected discernible neurons" (ICLR 2020 submission;
+published as Iqbal, Muqeet, Bae, IEEE Access 10, 2022). It walks the network backwards like CNN Fixations; per
+selected neuron θ of the *succeeding* layer it scores every connected neuron Θ of the *current* layer with
 
-    Ω = α_suc · Z_suc · (α_cur · Z_cur + α_pre · Z_pre),
+    Ω_θ(Θ) = α_suc · Z_suc(Θ) · (α_cur · Z_cur(Θ, θ) + α_pre · Z_pre(Θ))            (§3.1, Eq. 1)
 
-and the union over the selected neurons is the layer's selection. The three supports of a candidate neuron ``i``
-(in the input of the node being backtracked) for a selected neuron ``j`` (in its output) are, as implemented here:
+keeps the ``k`` best (Eq. 4, Alg. 1 line 5) and takes the union over θ (Eq. 5, Alg. 1 line 7). The supports, read
+literally (no normalisation; the learned α absorb the scales):
 
-* **Z_cur(i, j)** — the contribution of ``i`` to the selected neuron ``j``: the positive part of the Hadamard term
-  ``a_i · w_ij`` (what CNN Fixations ranks by), divided by the largest such term among ``j``'s candidates.
-* **Z_pre(i)** — the support ``i`` receives from the preceding layer: the magnitude of its own activation ``|a_i|``
-  (what the layer below delivered to it; after a ReLU this is ``max(a_i, 0)``; on the image or a BatchNorm output
-  the sign is only an offset), divided by the largest magnitude in the tensor.
-* **Z_suc(i)** — the support ``i`` gives to the succeeding layer: ``Σ_j max(a_i · w_ij, 0)`` over *all* selected
-  neurons ``j`` of the node's output, divided by its largest value over the tensor. A neuron that feeds many
-  selected neurons is preferred to one that feeds only the neuron at hand.
+* **Z_cur(Θ, θ)** (Eq. 2) — Θ's activation times its weight to θ, ``A_cur · W_cur``. In a conv layer a neuron is
+  read per channel (§3.1, last paragraph): the Hadamard product of θ's receptive field and filter, *summed over
+  the spatial window* of each input channel, as in CNN Fixations' Algorithm 2.
+* **Z_pre(Θ)** (Eq. 3) — the largest ``A_pre · W_pre`` among the preceding-layer neurons connected to Θ, i.e. the
+  strongest single contribution Θ receives from the layer below (conv: per preceding channel, summed over Θ's
+  receptive field, as for Z_cur). See :func:`z_pre`.
+* **Z_suc(Θ)** — a *counter*: for how many selected neurons θ of the succeeding layer Θ has the highest Z_cur;
+  1 when it has none (the paper's default).
 
-All three lie in [0, 1]. Decisions where the source is ambiguous (only the abstract and the formula were available;
-written down in docs/discernible.md as well):
+Decisions where the text leaves a choice (docs/discernible.md lists them with measurements):
 
-* **Where it applies.** The policy replaces the neuron choice of the fc rules (Gemm, and MatMul of a 2-D data input
-  by a constant matrix) and of the Conv rule (any stride, padding, dilation, group; a "neuron" of a feature map is
-  one (channel, y, x) element). Every other op — pooling, Add, Concat, reshapes, activations — keeps its fixation
-  rule; a Gemm/MatMul whose weight is itself computed at run time falls back to the fixation rule too.
-* **Eligibility.** Only candidates with a positive contribution ``a_i · w_ij > 0`` are ranked; among them the ``k``
-  largest Ω win, ties to the first index in row-major order of the candidates (fc: input index; conv: (channel, ky,
-  kx)). A selected neuron with no positive contribution keeps its single largest *nonzero* contributor (never a
-  padded position; a zero input — the border of an explicit Pad node, a dead ReLU — carries nothing and, after a
-  Pad, would end the trace there). When every input in the field is zero (a dead channel), a conv keeps the
-  centre tap of the group's first channel (inside the image for a "same" convolution, whose explicit Pad would
-  drop a corner tap), an fc its first input; so a trace does not die midway.
-* **fc reading a feature map** (VGG's fc6 on pool5): the same top-k rule, no special argmax case.
-* **α_suc** multiplies every score of a layer alike, so it cannot change a ranking (only its sign would); it is kept
-  for fidelity to the formula and must be > 0. Likewise only the ratio α_pre : α_cur matters.
-* **Defaults** (α_cur, α_pre, α_suc, k) = (1, 0.25, 1, 1), from the measurements in docs/discernible.md
-  (``tools/tune_discernible.py --grid`` on digits_loc, 300 renders of the held-out digits): the box pointing game
-  ties at 1.000 for fixations and every k; the stricter mask pointing game is best at k = 1 (1.000 tune / 0.993
-  held-out, fixations 0.953 / 0.940) and falls as k grows; α_pre/α_cur ∈ [0, 1] tie at k = 1 (0.25 keeps all three
-  supports). k = 1 is also the only k that stays usable on a deep network: on EfficientNet-Lite0 k ≥ 2 saturates the
-  selection (k = 2: ~31k of 50k input pixels, 3 s per image). Its price: one neuron per layer, hence one input point
-  on a plain chain (a sharp peak, a degenerate box); k = 5 gives a box IoU of 0.70 (fixations 0.46) at a mask
-  pointing of ~0.93.
+* **Which ops.** The rule replaces the neuron choice of fc layers (Gemm with a constant B and no transA; MatMul of
+  a 2-D data input by a constant matrix) and of Conv with a constant filter (any stride, padding, dilation, group).
+  Pooling keeps CNN Fixations' window argmax, as the paper says (§3.1: "for pooling layers ... the locations having
+  the highest activations"); Add, Concat, reshapes and activations keep their fixation rules.
+* **Where a conv neuron sits.** The paper traces the (x, y) of θ onto the chosen channels (``location="centre"``:
+  the centre tap of θ's window, the input position "unchanged" for a stride-1 'same' convolution; clipped into the
+  input). CNN Fixations' alternative, the position of the largest contribution of that channel inside the window
+  (``location="argmax"``, what the project's fixations rule does), is the default: with "centre" every trace runs
+  straight down its receptive-field centres and the box collapses (IoU > 0.5 on 0–23% of the tuning images
+  against 60–100% with "argmax", docs/paper_fidelity.md).
+* **The preceding layer** is found by walking from Θ's tensor through elementwise ops (activations,
+  normalisations) and reshapes to the producer: a Conv/Gemm/MatMul with constant weights (Eq. 3 as written), a
+  MaxPool (weight 1: the largest activation of the window), an AveragePool / GlobalAveragePool (weight 1/n).
+  Anything else — the image itself, an Add, a Concat — has no weights: Z_pre = 0 (only Z_cur and Z_suc count).
+* **Ties** go to the first candidate (fc: input index; conv: input channel; the location argmax: row-major).
+* **Per-layer α** (§3.2): ``layers`` maps a node name to its own (α_cur, α_pre, α_suc); other layers use the
+  policy's α. ``tools/tune_discernible.py`` learns them with the paper's Bernoulli bandit (UCB1 over a grid,
+  reward 1 when the traced box has IoU > 0.5 with the ground truth).
+* **The start set** (top-n classes of the softmax) is the method's business (:mod:`onnxfix.methods.discernible`).
+
+This project's first reading (Z_pre = the candidate's own |activation|, Z_suc = its summed positive contribution,
+supports max-normalised, only positive contributions eligible) measured worse at its best k on all three bundled
+localisation sets (docs/paper_fidelity.md) and was removed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 
 from onnxfix.fixations.registry import Context, Locations, SelectionPolicy
-from onnxfix.fixations.rules import _from_chw, _spatial, _to_chw, _unsupported, _window
-from onnxfix.graph import Node
+from onnxfix.fixations.rules import PASS_THROUGH, _from_chw, _spatial, _to_chw, _unsupported, _window
+from onnxfix.graph import Node, resolve_pads
 
-DEFAULTS: dict[str, float] = {"alpha_cur": 1.0, "alpha_pre": 0.25, "alpha_suc": 1.0, "k": 1}
+#: measured on the bundled localisation sets (docs/paper_fidelity.md): k = 3 with the argmax location
+DEFAULTS: dict[str, float | int | str] = {"alpha_cur": 1.0, "alpha_pre": 0.25, "alpha_suc": 1.0, "k": 3,
+                                          "location": "argmax"}
+LOCATIONS = ("centre", "argmax")
 
-_CHUNK_ELEMS = 1 << 21  # candidates × selected neurons handled at once (bounds memory)
-
-
-def _max_normalise(v: np.ndarray, axis: int | None = None) -> np.ndarray:
-    m = np.max(v, axis=axis, keepdims=axis is not None) if v.size else np.float64(0)
-    return np.divide(v, m, out=np.zeros_like(v), where=np.asarray(m) > 0)
-
-
-def _top_k(omega: np.ndarray, contrib: np.ndarray, valid: np.ndarray, k: int,
-           centre: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the ``k`` eligible columns (``contrib > 0``) with the largest ``omega`` (ties: first column); a row
-    without an eligible column keeps its largest nonzero valid contribution; when all are zero, column ``centre``
-    if it is valid, else the first valid one. Returns (row index, column index) pairs."""
-    eligible = (contrib > 0) & valid
-    score = np.where(eligible, omega, -np.inf)
-    order = np.argsort(-score, axis=1, kind="stable")[:, :k]
-    taken = np.take_along_axis(eligible, order, axis=1)
-    rows = np.broadcast_to(np.arange(len(score))[:, None], order.shape)
-    r, c = rows[taken], order[taken]
-    empty = ~eligible.any(axis=1) & valid.any(axis=1)
-    if empty.any():
-        v, c0 = valid[empty], contrib[empty]
-        nz = v & (c0 != 0)
-        use = np.where(nz.any(axis=1, keepdims=True), nz, v)
-        fb = np.argmax(np.where(use, c0, -np.inf), axis=1)
-        if centre is not None:
-            fb = np.where(~nz.any(axis=1) & v[:, centre], centre, fb)
-        r = np.concatenate([r, np.nonzero(empty)[0]])
-        c = np.concatenate([c, fb])
-    return r.astype(np.int64), c.astype(np.int64)
-
-
-def fc_omega(a: np.ndarray, w: np.ndarray, cols: np.ndarray, alpha_cur: float, alpha_pre: float,
-             alpha_suc: float) -> tuple[np.ndarray, np.ndarray]:
-    """Scores of an fc layer ``y = a @ w`` (``a`` (K,), ``w`` (K, N)) for the selected outputs ``cols``.
-
-    Returns
-    -------
-    omega, contrib : (S, K) float64 arrays — Ω of every input for every selected output, and the Hadamard
-        contributions ``a[k] · w[k, n]``.
-    """
-    a64 = np.asarray(a, np.float64)
-    contrib = a64[None, :] * np.asarray(w, np.float64)[:, cols].T  # (S, K)
-    pos = np.maximum(contrib, 0.0)
-    z_cur = _max_normalise(pos, axis=1)
-    z_pre = _max_normalise(np.abs(a64))
-    z_suc = _max_normalise(pos.sum(axis=0))
-    omega = alpha_suc * z_suc[None, :] * (alpha_cur * z_cur + alpha_pre * z_pre[None, :])
-    return omega, contrib
-
-
-def _conv_patches(x3: np.ndarray, w4: np.ndarray, rows: np.ndarray, st, pd, dl, group: int):
-    """For selected outputs ``rows`` ((S, 3): co, oy, ox) the candidate inputs and their contributions.
-
-    Returns (ci, iy, ix, contrib, valid), each (S, cin_g·kh·kw) in (channel, ky, kx) row-major order."""
-    c_in, h, wd = x3.shape
-    c_out, cin_g, kh, kw = w4.shape
-    cout_g = c_out // group
-    co, oy, ox = rows[:, 0], rows[:, 1], rows[:, 2]
-    ky, kx = np.arange(kh), np.arange(kw)
-    iy = (oy * st[0] - pd[0])[:, None] + ky[None, :] * dl[0]  # (S, kh)
-    ix = (ox * st[1] - pd[1])[:, None] + kx[None, :] * dl[1]  # (S, kw)
-    ci = (co // cout_g * cin_g)[:, None] + np.arange(cin_g)[None, :]  # (S, cin_g)
-    s = len(rows)
-    shape = (s, cin_g, kh, kw)
-    iy4 = np.broadcast_to(iy[:, None, :, None], shape)
-    ix4 = np.broadcast_to(ix[:, None, None, :], shape)
-    ci4 = np.broadcast_to(ci[:, :, None, None], shape)
-    valid = (iy4 >= 0) & (iy4 < h) & (ix4 >= 0) & (ix4 < wd)
-    xv = x3[ci4, np.clip(iy4, 0, h - 1), np.clip(ix4, 0, wd - 1)].astype(np.float64)
-    contrib = np.where(valid, xv * w4[co].astype(np.float64), 0.0)
-    flat = (s, cin_g * kh * kw)
-    return (ci4.reshape(flat), iy4.reshape(flat), ix4.reshape(flat), contrib.reshape(flat), valid.reshape(flat))
+_CHUNK_ELEMS = 1 << 21  # window elements handled at once (bounds memory)
+#: elementwise ops a preceding layer is found through (Z_pre): the activation after a conv, its normalisation
+_ELEMENTWISE = frozenset(PASS_THROUGH) - {"Softmax", "LogSoftmax", "LpNormalization", "InstanceNormalization"}
+_RESHAPE = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze"})
 
 
 def _chunks(n: int, per_row: int):
@@ -140,101 +74,285 @@ def _chunks(n: int, per_row: int):
         yield slice(s, min(n, s + step))
 
 
-def conv_omega(x3: np.ndarray, w4: np.ndarray, rows: np.ndarray, st, pd, dl, group: int, alpha_cur: float,
-               alpha_pre: float, alpha_suc: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Scores of a 2-D convolution (input ``x3`` (C, H, W), filter ``w4`` (C_out, C_in/group, kh, kw)) for the
-    selected outputs ``rows`` ((S, 3): channel, y, x).
+# --------------------------------------------------------------------------------------------- windows, Eq. 2/3
+def _window_values(x3: np.ndarray, chans: np.ndarray, oy: np.ndarray, ox: np.ndarray, ks, st, pd, dl):
+    """Receptive fields: ``x3[chans[s, g], iy, ix]`` for every window offset (S, G, kh, kw) in float64 (0 outside
+    the input) and the in-input mask (S, kh, kw)."""
+    _, h, wd = x3.shape
+    iy = (oy * st[0] - pd[0])[:, None] + np.arange(ks[0])[None, :] * dl[0]  # (S, kh)
+    ix = (ox * st[1] - pd[1])[:, None] + np.arange(ks[1])[None, :] * dl[1]  # (S, kw)
+    valid = ((iy >= 0) & (iy < h))[:, :, None] & ((ix >= 0) & (ix < wd))[:, None, :]
+    v = x3[chans[:, :, None, None], np.clip(iy, 0, h - 1)[:, None, :, None],
+           np.clip(ix, 0, wd - 1)[:, None, None, :]].astype(np.float64)
+    return np.where(valid[:, None], v, 0.0), valid, iy, ix
+
+
+def conv_current(x3: np.ndarray, w4: np.ndarray, rows: np.ndarray, st, pd, dl, group: int,
+                 location: str = "centre") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Z_cur of a 2-D convolution (Eq. 2, conv form): for each selected output ``rows[s] = (co, oy, ox)`` and each
+    input channel of its group, the Hadamard product of the receptive field and the filter summed over the window.
 
     Returns
     -------
-    omega, contrib, valid : (S, C_in/group, kh, kw) arrays — Ω and the Hadamard contribution of every window
-        position of every selected output, and whether the position lies inside the input (not padding).
+    z_cur : (S, C_in/group) float64
+    chan, ly, lx : (S, C_in/group) int64 — the candidate neuron (channel, y, x) of each entry: the window's centre
+        tap (``location="centre"``, clipped into the input) or the channel's largest in-input contribution
+        (``"argmax"``, first in row-major order).
     """
-    z_pre, z_suc = _conv_supports(x3, w4, rows, st, pd, dl, group)
     c_out, cin_g, kh, kw = w4.shape
-    ci, iy, ix, contrib, valid = _conv_patches(x3, w4, rows, st, pd, dl, group)
-    omega = _conv_chunk_omega(ci, iy, ix, contrib, valid, z_pre, z_suc, alpha_cur, alpha_pre, alpha_suc)
-    shape = (len(rows), cin_g, kh, kw)
-    return omega.reshape(shape), contrib.reshape(shape), valid.reshape(shape)
+    cout_g = c_out // group
+    _, h, wd = x3.shape
+    s_all = len(rows)
+    z = np.zeros((s_all, cin_g), np.float64)
+    ly = np.zeros((s_all, cin_g), np.int64)
+    lx = np.zeros((s_all, cin_g), np.int64)
+    chan = (rows[:, 0] // cout_g * cin_g)[:, None] + np.arange(cin_g)[None, :]
+    for sl in _chunks(s_all, cin_g * kh * kw):
+        co, oy, ox = rows[sl, 0], rows[sl, 1], rows[sl, 2]
+        v, valid, iy, ix = _window_values(x3, chan[sl], oy, ox, (kh, kw), st, pd, dl)
+        prod = v * w4[co].astype(np.float64)  # (S, G, kh, kw), 0 outside
+        z[sl] = prod.sum(axis=(2, 3))
+        if location == "argmax":
+            flat = np.where(valid[:, None], prod, -np.inf).reshape(len(co), cin_g, kh * kw)
+            am = np.argmax(flat, axis=2)
+            ly[sl] = np.take_along_axis(np.broadcast_to(iy[:, None, :, None], (len(co), cin_g, kh, kw)).reshape(
+                len(co), cin_g, -1), am[:, :, None], axis=2)[:, :, 0]
+            lx[sl] = np.take_along_axis(np.broadcast_to(ix[:, None, None, :], (len(co), cin_g, kh, kw)).reshape(
+                len(co), cin_g, -1), am[:, :, None], axis=2)[:, :, 0]
+        else:
+            ly[sl] = np.clip(oy * st[0] - pd[0] + (kh // 2) * dl[0], 0, h - 1)[:, None]
+            lx[sl] = np.clip(ox * st[1] - pd[1] + (kw // 2) * dl[1], 0, wd - 1)[:, None]
+    return z, chan.astype(np.int64), ly, lx
 
 
-def _conv_supports(x3, w4, rows, st, pd, dl, group) -> tuple[np.ndarray, np.ndarray]:
-    """Z_pre and Z_suc over the whole input tensor (C, H, W)."""
-    z_pre = _max_normalise(np.abs(x3.astype(np.float64)))
-    suc = np.zeros(x3.size, np.float64)
-    per_row = int(np.prod(w4.shape[1:]))
-    for sl in _chunks(len(rows), per_row):
-        ci, iy, ix, contrib, valid = _conv_patches(x3, w4, rows[sl], st, pd, dl, group)
-        keep = valid & (contrib > 0)
-        flat = np.ravel_multi_index((ci[keep], iy[keep], ix[keep]), x3.shape)
-        suc += np.bincount(flat, weights=contrib[keep], minlength=x3.size)
-    return z_pre, _max_normalise(suc).reshape(x3.shape)
+def conv_pre(x3: np.ndarray, w4: np.ndarray, rows: np.ndarray, st, pd, dl, group: int) -> np.ndarray:
+    """Eq. 3 for neurons ``rows`` ((S, 3): channel, y, x) of a convolution's *output*: the largest per-input-channel
+    contribution Σ_window A_pre ⊙ W_pre among the channels connected to the neuron."""
+    if len(rows) == 0:
+        return np.zeros(0, np.float64)
+    z, _, _, _ = conv_current(x3, w4, np.asarray(rows, np.int64).reshape(-1, 3), st, pd, dl, group)
+    return z.max(axis=1)
 
 
-def _conv_chunk_omega(ci, iy, ix, contrib, valid, z_pre, z_suc, alpha_cur, alpha_pre, alpha_suc) -> np.ndarray:
-    h, wd = z_pre.shape[1:]
-    yy, xx = np.clip(iy, 0, h - 1), np.clip(ix, 0, wd - 1)
-    z_cur = _max_normalise(np.maximum(contrib, 0.0), axis=1)
-    omega = alpha_suc * z_suc[ci, yy, xx] * (alpha_cur * z_cur + alpha_pre * z_pre[ci, yy, xx])
-    return np.where(valid, omega, 0.0)
+def fc_pre(a2: np.ndarray, w2: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Eq. 3 for outputs ``ids`` ((S, 2): row m, column n) of ``y = a2 @ w2``: ``max_k a2[m, k] · w2[k, n]``."""
+    ids = np.asarray(ids, np.int64).reshape(-1, 2)
+    out = np.empty(len(ids), np.float64)
+    for sl in _chunks(len(ids), a2.shape[1]):
+        m, n = ids[sl, 0], ids[sl, 1]
+        out[sl] = (a2[m].astype(np.float64) * w2[:, n].T.astype(np.float64)).max(axis=1)
+    return out
 
 
-def conv_select(x3: np.ndarray, w4: np.ndarray, rows: np.ndarray, st, pd, dl, group: int, alpha_cur: float,
-                alpha_pre: float, alpha_suc: float, k: int) -> np.ndarray:
-    """Top-``k`` input neurons by Ω per selected output of a 2-D convolution; rows (channel, y, x) of the input,
-    possibly repeated (the tracer dedupes)."""
+def pool_pre(x3: np.ndarray, rows: np.ndarray, ks, st, pd, dl, average: bool, include_pad: bool) -> np.ndarray:
+    """Eq. 3 through a pooling layer (weight 1 for max pooling, 1/n for average pooling): the largest activation
+    of the neuron's window, divided by the window's size for average pooling."""
+    rows = np.asarray(rows, np.int64).reshape(-1, 3)
+    v, valid, _, _ = _window_values(x3, rows[:, :1], rows[:, 1], rows[:, 2], ks, st, pd, dl)
+    best = np.where(valid[:, None], v, -np.inf).reshape(len(rows), -1).max(axis=1)
+    best = np.where(np.isfinite(best), best, 0.0)  # a window wholly on padding: nothing connected
+    if average:
+        n = np.full(len(rows), float(ks[0] * ks[1])) if include_pad else valid.reshape(len(rows), -1).sum(axis=1)
+        best = best / np.maximum(n, 1)
+    return best
+
+
+def preceding_layer(ctx: Context, name: str) -> tuple[Node | None, str]:
+    """The node whose weights connect tensor ``name``'s neurons to the layer below (through elementwise ops and
+    reshapes), and the tensor it produces (same number of elements as ``name``, same row-major order)."""
+    size = int(np.prod(ctx.value(name).shape))
+    for _ in range(64):
+        node = ctx.graph.producer(name)
+        if node is None:
+            return None, name
+        x = node.inputs[0] if node.inputs else ""
+        if node.op_type in _ELEMENTWISE | _RESHAPE and ctx.is_data(x) and int(np.prod(ctx.value(x).shape)) == size:
+            if node.op_type in _ELEMENTWISE and ctx.value(x).shape != ctx.value(name).shape:
+                return node, name
+            name = x
+            continue
+        return node, name
+    return None, name
+
+
+def z_pre(ctx: Context, name: str, flat: np.ndarray) -> np.ndarray:
+    """Z_pre (Eq. 3) of the neurons ``flat`` (row-major flat indices) of tensor ``name`` (batch one).
+
+    The preceding layer is :func:`preceding_layer`'s node: Conv / Gemm / MatMul with constant weights (Eq. 3),
+    MaxPool / AveragePool / GlobalAveragePool / GlobalMaxPool (weight 1 or 1/n); otherwise 0."""
+    flat = np.asarray(flat, np.int64).reshape(-1)
+    zero = np.zeros(len(flat), np.float64)
+    node, prod_name = preceding_layer(ctx, name)
+    if node is None or len(flat) == 0:
+        return zero
+    y_shape = ctx.value(prod_name).shape
+    op = node.op_type
+    if op in ("Conv", "MaxPool", "AveragePool") and len(y_shape) in (3, 4) and y_shape[0] == 1:
+        x = ctx.value(node.inputs[0])
+        x3, nsp = _spatial(node, x)
+        rows = np.stack(np.unravel_index(flat, y_shape), axis=1)[:, 1:]
+        if nsp == 1:
+            rows = np.stack([rows[:, 0], np.zeros(len(rows), np.int64), rows[:, 1]], axis=1)
+        if op == "Conv":
+            if ctx.is_data(node.inputs[1]):
+                return zero
+            w = ctx.value(node.inputs[1])
+            ks, st, pd, dl = _window(node, x, nsp)
+            return conv_pre(x3, w if nsp == 2 else w[:, :, None, :], rows, st, pd, dl,
+                            int(node.attrs.get("group", 1)))
+        if len(node.outputs) > 1 and node.outputs[1]:
+            return zero  # MaxPool with Indices: not a plain pooling layer
+        ks, st, pd, dl = _window(node, x, nsp)
+        return pool_pre(x3, rows, ks, st, pd, dl, op == "AveragePool", bool(node.attrs.get("count_include_pad", 0)))
+    if op in ("GlobalAveragePool", "GlobalMaxPool") and len(y_shape) >= 3 and y_shape[0] == 1:
+        x = ctx.value(node.inputs[0])
+        ch = np.unravel_index(flat, y_shape)[1]
+        best = x[0].reshape(x.shape[1], -1).max(axis=1).astype(np.float64)[ch]
+        return best / (np.prod(x.shape[2:]) if op == "GlobalAveragePool" else 1.0)
+    if op in ("Gemm", "MatMul") and len(y_shape) == 2:
+        got = _fc_operands(node, ctx)
+        if got is None:
+            return zero
+        a2, w2 = got
+        return fc_pre(a2, w2, np.stack(np.unravel_index(flat, y_shape), axis=1))
+    return zero
+
+
+def _fc_operands(node: Node, ctx: Context) -> tuple[np.ndarray, np.ndarray] | None:
+    """(A, B) of an fc layer ``Y = A @ B`` (data A, constant B, 2-D), or None for other Gemm/MatMul forms."""
+    an, bn = node.inputs[0], node.inputs[1]
+    if not ctx.is_data(an) or ctx.is_data(bn):
+        return None
+    a, b = ctx.value(an), ctx.value(bn)
+    if a.ndim != 2 or b.ndim != 2:
+        return None
+    if node.op_type == "Gemm":
+        if node.attrs.get("transA", 0):
+            return None
+        b = b.T if node.attrs.get("transB", 0) else b
+        if node.attrs.get("alpha", 1.0) < 0:
+            b = -b
+    return a, b
+
+
+# -------------------------------------------------------------------------------------------- Eq. 1, 4, 5
+def select(z_cur: np.ndarray, z_pre_: np.ndarray, ids: np.ndarray, alphas: tuple[float, float, float],
+           k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Alg. 1 over candidates: ``z_cur`` (S, G) per selected succeeding neuron θ (rows) and candidate (columns),
+    ``z_pre_`` (S, G) and ``ids`` (S, G) the candidates' neuron identities (the same id in two rows is the same
+    neuron of the current layer).
+
+    Z_suc(id) = the number of rows whose largest Z_cur (first on ties) is that neuron, or 1 when none;
+    Ω = α_suc·Z_suc·(α_cur·Z_cur + α_pre·Z_pre); per row the ``k`` largest Ω (first on ties).
+
+    Returns
+    -------
+    omega : (S, G) float64
+    chosen : (S, min(k, G)) int64 column indices per row
+    """
+    a_cur, a_pre, a_suc = alphas
+    s = len(z_cur)
+    if s == 0:
+        return np.zeros_like(z_cur), np.zeros((0, min(k, z_cur.shape[1] if z_cur.ndim == 2 else 0)), np.int64)
+    best = ids[np.arange(s), np.argmax(z_cur, axis=1)]
+    uniq, counts = np.unique(best, return_counts=True)
+    pos = np.clip(np.searchsorted(uniq, ids), 0, len(uniq) - 1)
+    count = np.where(uniq[pos] == ids, counts[pos], 0)
+    z_suc = np.maximum(count, 1).astype(np.float64)
+    omega = a_suc * z_suc * (a_cur * z_cur + a_pre * z_pre_)
+    chosen = np.argsort(-omega, axis=1, kind="stable")[:, :k]
+    return omega, chosen.astype(np.int64)
+
+
+def conv_select(ctx: Context | None, xn: str, x3: np.ndarray, w4: np.ndarray, rows: np.ndarray, st, pd, dl,
+                group: int, alphas: tuple[float, float, float], k: int, location: str = "centre") -> np.ndarray:
+    """The selected input neurons (channel, y, x) of a 2-D convolution for the selected outputs ``rows``.
+    ``ctx`` and ``xn`` (the input tensor's name) give Z_pre; ``ctx=None``: Z_pre = 0."""
     rows = np.ascontiguousarray(rows, np.int64).reshape(-1, 3)
+    _, h, wd = x3.shape
+    kh, kw = w4.shape[2:]
+    iy = (rows[:, 1] * st[0] - pd[0])[:, None] + np.arange(kh)[None, :] * dl[0]
+    ix = (rows[:, 2] * st[1] - pd[1])[:, None] + np.arange(kw)[None, :] * dl[1]
+    # a window lying wholly on padding connects to no neuron of the current layer: θ has no candidates
+    rows = rows[((iy >= 0) & (iy < h)).any(axis=1) & ((ix >= 0) & (ix < wd)).any(axis=1)]
     if len(rows) == 0:
         return np.zeros((0, 3), np.int64)
-    z_pre, z_suc = _conv_supports(x3, w4, rows, st, pd, dl, group)
-    picked = []
-    for sl in _chunks(len(rows), int(np.prod(w4.shape[1:]))):
-        ci, iy, ix, contrib, valid = _conv_patches(x3, w4, rows[sl], st, pd, dl, group)
-        omega = _conv_chunk_omega(ci, iy, ix, contrib, valid, z_pre, z_suc, alpha_cur, alpha_pre, alpha_suc)
-        r, c = _top_k(omega, contrib, valid, k, centre=(w4.shape[2] // 2) * w4.shape[3] + w4.shape[3] // 2)
-        picked.append(np.stack([ci[r, c], iy[r, c], ix[r, c]], axis=1))
-    return np.concatenate(picked).astype(np.int64)
+    z, chan, ly, lx = conv_current(x3, w4, rows, st, pd, dl, group, location)
+    ids = (chan * h + ly) * wd + lx
+    zp = np.zeros_like(z)
+    if ctx is not None and alphas[1] != 0:
+        uniq, inv = np.unique(ids, return_inverse=True)
+        zp = z_pre(ctx, xn, uniq)[inv.reshape(ids.shape)]
+    _, chosen = select(z, zp, ids, alphas, k)
+    r = np.repeat(np.arange(len(rows)), chosen.shape[1])
+    c = chosen.reshape(-1)
+    return np.stack([chan[r, c], ly[r, c], lx[r, c]], axis=1).astype(np.int64)
 
 
-def fc_select(a2: np.ndarray, w2: np.ndarray, locs: np.ndarray, alpha_cur: float, alpha_pre: float,
-              alpha_suc: float, k: int) -> np.ndarray:
-    """``y = a2 @ w2`` ((M, K) @ (K, N)): top-``k`` inputs (m, k) by Ω per selected output (m, n)."""
+def fc_select(ctx: Context | None, an: str, a2: np.ndarray, w2: np.ndarray, locs: np.ndarray,
+              alphas: tuple[float, float, float], k: int) -> np.ndarray:
+    """``y = a2 @ w2`` ((M, K) @ (K, N)): the selected inputs (m, i) for the selected outputs ``locs`` (m, n)."""
     locs = np.asarray(locs, np.int64).reshape(-1, 2)
     out = []
+    kk = a2.shape[1]
     for m in np.unique(locs[:, 0]):
         cols = locs[locs[:, 0] == m, 1]
-        omega, contrib = fc_omega(a2[m], w2, cols, alpha_cur, alpha_pre, alpha_suc)
-        _, c = _top_k(omega, contrib, np.ones_like(contrib, bool), k)
+        z = a2[m].astype(np.float64)[None, :] * w2[:, cols].T.astype(np.float64)  # (S, K)
+        ids = np.broadcast_to(m * kk + np.arange(kk, dtype=np.int64), z.shape)
+        zp = np.zeros(kk) if ctx is None or alphas[1] == 0 else z_pre(ctx, an, m * kk + np.arange(kk))
+        _, chosen = select(z, np.broadcast_to(zp, z.shape), ids, alphas, k)
+        c = chosen.reshape(-1)
         out.append(np.stack([np.full(len(c), m, np.int64), c], axis=1))
-    return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
+    return np.unique(np.concatenate(out), axis=0) if out else np.zeros((0, 2), np.int64)
 
 
+# ------------------------------------------------------------------------------------------------ the policy
 @dataclass(frozen=True)
 class DiscerniblePolicy(SelectionPolicy):
-    """Top-``k`` input neurons by Ω per selected neuron in fc and conv layers (see the module docstring)."""
+    """Alg. 1 in fc and conv layers (see the module docstring); ``layers``: per-node (α_cur, α_pre, α_suc)."""
 
-    alpha_cur: float = DEFAULTS["alpha_cur"]
-    alpha_pre: float = DEFAULTS["alpha_pre"]
-    alpha_suc: float = DEFAULTS["alpha_suc"]
+    alpha_cur: float = float(DEFAULTS["alpha_cur"])
+    alpha_pre: float = float(DEFAULTS["alpha_pre"])
+    alpha_suc: float = float(DEFAULTS["alpha_suc"])
     k: int = int(DEFAULTS["k"])
+    location: str = str(DEFAULTS["location"])
+    layers: tuple[tuple[str, float, float, float], ...] = field(default=())
 
     name: ClassVar[str] = "discernible"
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.k, int | np.integer) and self.k >= 1):
+        if not (isinstance(self.k, int | np.integer) and not isinstance(self.k, bool) and self.k >= 1):
             raise ValueError(f"k must be an integer >= 1, got {self.k!r}")
-        for key in ("alpha_cur", "alpha_pre", "alpha_suc"):
-            v = getattr(self, key)
-            if not np.isfinite(v) or v < 0:
-                raise ValueError(f"{key} must be a finite number >= 0, got {v!r}")
-        if self.alpha_suc <= 0 or self.alpha_cur + self.alpha_pre <= 0:
-            raise ValueError("alpha_suc and alpha_cur + alpha_pre must be > 0 (else every score is 0)")
+        if self.location not in LOCATIONS:
+            raise ValueError(f"location must be one of {', '.join(LOCATIONS)}, got {self.location!r}")
+        triples = [("", self.alpha_cur, self.alpha_pre, self.alpha_suc)] + [tuple(t) for t in self.layers]
+        for node, c, p, s in triples:
+            where = f" (layer {node})" if node else ""
+            for key, v in (("alpha_cur", c), ("alpha_pre", p), ("alpha_suc", s)):
+                if not np.isfinite(v) or v < 0:
+                    raise ValueError(f"{key} must be a finite number >= 0, got {v!r}{where}")
+            if s <= 0 or c + p <= 0:
+                raise ValueError(f"alpha_suc and alpha_cur + alpha_pre must be > 0 (else every score is 0){where}")
+
+    @classmethod
+    def with_layers(cls, layers: Mapping[str, tuple[float, float, float]] | None = None, **kw) -> DiscerniblePolicy:
+        """A policy with per-layer α from a mapping ``{node name: (α_cur, α_pre, α_suc)}``."""
+        rows = tuple(sorted((str(n), *(float(v) for v in a)) for n, a in (layers or {}).items()))
+        return cls(layers=rows, **kw)  # type: ignore[arg-type]
 
     @property
     def alphas(self) -> tuple[float, float, float]:
         return float(self.alpha_cur), float(self.alpha_pre), float(self.alpha_suc)
 
+    def alphas_for(self, node: Node) -> tuple[float, float, float]:
+        for name, c, p, s in self.layers:
+            if name == node.name:
+                return float(c), float(p), float(s)
+        return self.alphas
+
     def backtrack(self, node: Node, ctx: Context, out: dict[str, Locations]) -> dict[str, Locations] | None:
+        if node.outputs[0] not in out:
+            return None
         if node.op_type == "Conv":
             return self._conv(node, ctx, out)
         if node.op_type in ("Gemm", "MatMul"):
@@ -243,7 +361,7 @@ class DiscerniblePolicy(SelectionPolicy):
 
     def _conv(self, node: Node, ctx: Context, out: dict[str, Locations]) -> dict[str, Locations] | None:
         xn, wn = node.inputs[0], node.inputs[1]
-        if ctx.is_data(wn) or node.outputs[0] not in out:
+        if ctx.is_data(wn):
             return None
         x = ctx.value(xn)
         if x.shape[0] != 1:
@@ -252,24 +370,20 @@ class DiscerniblePolicy(SelectionPolicy):
         w = ctx.value(wn)
         w4 = w if nsp == 2 else w[:, :, None, :]
         _, st, pd, dl = _window(node, x, nsp)
-        rows = conv_select(x3, w4, _to_chw(out[node.outputs[0]], nsp), st, pd, dl,
-                           int(node.attrs.get("group", 1)), *self.alphas, int(self.k))
-        return {xn: _from_chw(rows, nsp)}
+        rows = _to_chw(out[node.outputs[0]], nsp)
+        group = int(node.attrs.get("group", 1))
+        got = conv_select(ctx, xn, x3, w4, rows, st, pd, dl, group, self.alphas_for(node), int(self.k),
+                          self.location)
+        return {xn: _from_chw(got, nsp)}
 
     def _fc(self, node: Node, ctx: Context, out: dict[str, Locations]) -> dict[str, Locations] | None:
-        an, bn = node.inputs[0], node.inputs[1]
-        if not ctx.is_data(an) or ctx.is_data(bn) or node.outputs[0] not in out:
+        got = _fc_operands(node, ctx)
+        if got is None:
             return None
-        a, b = ctx.value(an), ctx.value(bn)
-        if node.op_type == "Gemm":
-            ta = node.attrs.get("transA", 0)
-            if ta:
-                return None
-            b2 = b.T if node.attrs.get("transB", 0) else b
-            if node.attrs.get("alpha", 1.0) < 0:
-                b2 = -b2
-        else:
-            if a.ndim != 2 or b.ndim != 2:
-                return None
-            b2 = b
-        return {an: fc_select(a, b2, out[node.outputs[0]], *self.alphas, int(self.k))}
+        a2, w2 = got
+        an = node.inputs[0]
+        return {an: fc_select(ctx, an, a2, w2, out[node.outputs[0]], self.alphas_for(node), int(self.k))}
+
+
+__all__ = ["DEFAULTS", "LOCATIONS", "DiscerniblePolicy", "conv_current", "conv_pre", "conv_select",
+           "fc_pre", "fc_select", "pool_pre", "preceding_layer", "resolve_pads", "select", "z_pre"]

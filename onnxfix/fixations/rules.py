@@ -110,6 +110,9 @@ class AddRule(Rule):
         data = [(i, name) for i, name in enumerate(node.inputs) if ctx.is_data(name)]
         if not data:
             return {}
+        if len(data) == 1:  # a bias: the location passes to the one data input
+            name = data[0][1]
+            return {name: broadcast_to_input(locs, ctx.value(name).shape, ys)}
         mapped = []
         for i, name in data:
             v = ctx.value(name)
@@ -179,7 +182,8 @@ class SplitRule(Rule):
         axis = node.attrs.get("axis", 0) % rank
         off, parts = 0, []
         for name in node.outputs:
-            n = ctx.value(name).shape[axis] if name in ctx.values else 0
+            shape = ctx.shape(name)
+            n = shape[axis] if shape is not None else 0
             if name in out:
                 c = out[name].copy()
                 c[:, axis] += off
@@ -268,7 +272,7 @@ def reads_feature_map(ctx: Context, name: str) -> bool:
             break
         name = node.inputs[0]
         seen += 1
-    shape = ctx.value(name).shape if (name in ctx.values or name in ctx.graph.constants) else ()
+    shape = ctx.shape(name) or ()
     return len(shape) >= 3 and sum(1 for d in shape[1:] if d > 1) >= 2
 
 
@@ -351,13 +355,34 @@ class MatMulRule(Rule):
         return final
 
 
-def _spatial(node: Node, x: np.ndarray) -> tuple[np.ndarray, int]:
-    """View a 1-D or 2-D conv/pool input of batch one as (C, H, W); returns it and the spatial rank."""
+def _spatial(node: Node, x: np.ndarray, n: int = 0) -> tuple[np.ndarray, int]:
+    """View image ``n`` of a 1-D or 2-D conv/pool input as (C, H, W); returns it and the spatial rank."""
     if x.ndim == 4:
-        return x[0], 2
+        return x[n], 2
     if x.ndim == 3:
-        return x[0][:, None, :], 1
+        return x[n][:, None, :], 1
     raise _unsupported(node, f"{x.ndim - 2}-D spatial input")
+
+
+def _spatial_rank(node: Node, x: np.ndarray) -> int:
+    if x.ndim not in (3, 4):
+        raise _unsupported(node, f"{x.ndim - 2}-D spatial input")
+    return x.ndim - 2
+
+
+def per_image(node: Node, x: np.ndarray, locs: np.ndarray, one) -> np.ndarray:
+    """Run a (C, H, W) window kernel ``one(x3, chw_rows)`` per batch image of the output locations ``locs``;
+    rows come back with their batch index (rows whose window lies outside the input are dropped)."""
+    nsp = x.ndim - 2
+    if len(locs) == 0:
+        return np.zeros((0, x.ndim), np.int64)
+    batch = locs[:, 0]
+    parts = []
+    for n in (np.unique(batch) if batch.min() != batch.max() else batch[:1]):
+        sel = locs if batch.min() == batch.max() else locs[batch == n]
+        x3, _ = _spatial(node, x, int(n))
+        parts.append(_from_chw(one(x3, np.ascontiguousarray(_to_chw(sel, nsp))), nsp, int(n)))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _window(node: Node, x: np.ndarray, nsp: int) -> tuple[tuple, tuple, tuple, tuple]:
@@ -374,9 +399,9 @@ def _to_chw(locs: np.ndarray, nsp: int) -> np.ndarray:
     return locs[:, 1:] if nsp == 2 else np.stack([locs[:, 1], np.zeros(len(locs), np.int64), locs[:, 2]], axis=1)
 
 
-def _from_chw(rows: np.ndarray, nsp: int) -> np.ndarray:
+def _from_chw(rows: np.ndarray, nsp: int, n: int = 0) -> np.ndarray:
     rows = rows[rows[:, 0] >= 0]
-    zeros = np.zeros((len(rows), 1), np.int64)
+    zeros = np.full((len(rows), 1), n, np.int64)
     if nsp == 2:
         return np.concatenate([zeros, rows], axis=1)
     return np.concatenate([zeros, rows[:, [0, 2]]], axis=1)
@@ -391,19 +416,19 @@ class ConvRule(Rule):
         if ctx.is_data(wn):
             raise _unsupported(node, "the filter is computed at run time")
         x = ctx.value(xn)
-        if x.shape[0] != 1:
-            raise _unsupported(node, "batch > 1")
-        x3, nsp = _spatial(node, x)
+        nsp = _spatial_rank(node, x)
         w = ctx.value(wn)
         w4 = w if nsp == 2 else w[:, :, None, :]
         ks, st, pd, dl = _window(node, x, nsp)
         if w4.dtype != np.float32 or not w4.flags.c_contiguous:
             w4 = np.ascontiguousarray(w4, np.float32)
             w4.setflags(write=False)
-        rows = conv_backtrack(np.ascontiguousarray(x3, np.float32), w4,
-                              np.ascontiguousarray(_to_chw(out[node.outputs[0]], nsp)), st, pd, dl,
-                              int(node.attrs.get("group", 1)))
-        return {xn: _from_chw(rows, nsp)}
+        group = int(node.attrs.get("group", 1))
+
+        def one(x3: np.ndarray, locs: np.ndarray) -> np.ndarray:
+            return conv_backtrack(np.ascontiguousarray(x3, np.float32), w4, locs, st, pd, dl, group)
+
+        return {xn: per_image(node, x, out[node.outputs[0]], one)}
 
 
 def _window_argmax(node: Node, ctx: Context, out: dict[str, Locations]) -> dict[str, Locations]:
@@ -411,11 +436,13 @@ def _window_argmax(node: Node, ctx: Context, out: dict[str, Locations]) -> dict[
         return {}
     xn = node.inputs[0]
     x = ctx.value(xn)
-    x3, nsp = _spatial(node, x)
+    nsp = _spatial_rank(node, x)
     ks, st, pd, dl = _window(node, x, nsp)
-    rows = pool_argmax(np.ascontiguousarray(x3, np.float32), np.ascontiguousarray(
-        _to_chw(out[node.outputs[0]], nsp)), ks, st, pd, dl)
-    return {xn: _from_chw(rows, nsp)}
+
+    def one(x3: np.ndarray, locs: np.ndarray) -> np.ndarray:
+        return pool_argmax(np.ascontiguousarray(x3, np.float32), locs, ks, st, pd, dl)
+
+    return {xn: per_image(node, x, out[node.outputs[0]], one)}
 
 
 @register("MaxPool")

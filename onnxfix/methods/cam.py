@@ -6,17 +6,16 @@ from __future__ import annotations
 import numpy as np
 
 from onnxfix.errors import UnsupportedModel
-from onnxfix.methods.base import Method, Result, register_method
+from onnxfix.methods.base import Attribution, Method, register_method
+from onnxfix.ops import VIEW
 
-_VIEW = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout"}
+_VIEW = VIEW - {"Transpose", "Unsqueeze"}  # views that keep the pooled channel vector (onnxfix.ops)
 
 
 def cam_head(model) -> tuple[str, np.ndarray] | str:
     """(feature map tensor, class weights (classes, C)) or the reason CAM does not apply; worked out once per
-    model."""
-    if "_cam_head" not in model.__dict__:
-        model._cam_head = _find_cam_head(model)
-    return model._cam_head
+    model (``model.cache``)."""
+    return model.cache.get("cam_head", lambda: _find_cam_head(model))
 
 
 def _find_cam_head(model) -> tuple[str, np.ndarray] | str:
@@ -58,6 +57,7 @@ def _find_cam_head(model) -> tuple[str, np.ndarray] | str:
 class CAM(Method):
     name = "cam"
     summary = "CAM: class activation map from the classifier weights (GAP → fc models only, no gradient)"
+    kind = "layer"
 
     def applies(self, model):
         head = cam_head(model)
@@ -67,11 +67,13 @@ class CAM(Method):
         head = cam_head(model)
         return [model.head.logits] + ([head[0]] if not isinstance(head, str) else [])
 
-    def explain(self, model, x, values, target, **options):
+    def attribute_resolved(self, model, x, values, targets, opts):
         head = cam_head(model)
         if isinstance(head, str):
             raise UnsupportedModel(f"cam: {head}")
         fmap, w = head
-        a = np.asarray(values[fmap][0], np.float64)
-        cam = np.tensordot(w[target.index], a, axes=(0, 0)).astype(np.float32)
-        return Result(attribution=cam, map=np.maximum(cam, 0), extras={"layer": fmap})
+        a = np.asarray(values[fmap], np.float64)
+        cams = np.stack([np.tensordot(w[t.index], a[n], axes=(0, 0)) for n, t in enumerate(targets)]).astype(
+            np.float32)
+        return Attribution(self.name, "layer", cams, [np.maximum(c, 0) for c in cams], targets,
+                           values[model.head.logits], [{"layer": fmap} for _ in targets])

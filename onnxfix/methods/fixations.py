@@ -1,11 +1,18 @@
-"""CNN Fixations (Mopuri, Garg, Babu): backtrack the explained score to input pixels, no gradients."""
+"""CNN Fixations (Mopuri, Garg, Babu): backtrack the explained score to input pixels, no gradients.
+
+A batch is traced in one walk: each image's target locations (:func:`onnxfix.targets.locations` — one logit for a
+class, every element of a region) carry their own batch index, so the points of image ``n`` are the input-plane
+locations whose batch index is ``n``.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+from onnxfix.errors import UnsupportedOp
 from onnxfix.fixations import missing_rules, needed_tensors, trace
-from onnxfix.methods.base import Method, Result, input_points, register_method
+from onnxfix.methods.base import Attribution, Method, Result, check_finite, input_points, register_method
+from onnxfix.targets import locations
 
 
 @register_method
@@ -13,6 +20,7 @@ class Fixations(Method):
     name = "fixations"
     summary = "CNN Fixations: backtrack the predicted label through the graph to the pixels (points + density)"
     engine = "fixations"
+    kind = "points"
 
     def applies(self, model):
         miss = missing_rules(model.graph, model.input, model.head.logits)
@@ -24,10 +32,40 @@ class Fixations(Method):
     def forward_tensors(self, model, **options):
         return needed_tensors(model.graph, model.input, model.head.logits)
 
-    def explain(self, model, x, values, target, **options):
+    def start(self, model, targets) -> np.ndarray:
+        """Start rows into the logits tensor for every image's target."""
+        return np.concatenate([locations(t, model.head.batch_axis) for t in targets]).astype(np.int64)
+
+    def trace_batch(self, model, x, values, targets, **kw):
         vals = dict(values)
         vals[model.input] = x
-        t = trace(model.graph, vals, model.input, model.head.logits, np.array([target.coords], np.int64))
+        return trace(model.graph, vals, model.input, model.head.logits, self.start(model, targets), **kw)
+
+    def attribute_resolved(self, model, x, values, targets, opts):
+        if x.shape[0] > 1:
+            try:
+                return self._batch(model, x, values, targets)
+            except UnsupportedOp as exc:
+                if "batch" not in str(exc):
+                    raise
+            return Method.attribute_resolved(self, model, x, values, targets, opts)  # image by image
+        return self._batch(model, x, values, targets)
+
+    def explain(self, model, x, values, target, **options):
+        return self._batch(model, x, values, [target]).item(0)
+
+    def _batch(self, model, x, values, targets):
+        t = self.trace_batch(model, x, values, targets)
         coords = t.at(model.input)
-        return Result(attribution=input_points(model, coords), points=input_points(model, coords),
-                      extras={"trace": t, "input_locations": coords})
+        results = []
+        for n in range(x.shape[0]):
+            mine = coords[coords[:, 0] == n] if coords.size else coords
+            pts = input_points(model, mine)
+            results.append(Result(attribution=pts, points=pts, extras={"trace": t, "input_locations": mine}))
+        return self.collect(model, values[model.head.logits], targets, results)
+
+    def collect(self, model, logits, targets, results) -> Attribution:
+        for r in results:
+            check_finite(r.attribution, f"{self.name}'s points")
+        return Attribution(self.name, "points", [r.attribution for r in results], [None] * len(results),
+                           list(targets), logits, [r.extras for r in results], [r.points for r in results])

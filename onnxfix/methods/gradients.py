@@ -1,28 +1,29 @@
 """What the gradient methods share: the seed, one autodiff run, NaN checks, CAM arithmetic, upsampling.
 
-Every gradient method seeds the explained logit (before softmax): a one-hot of the target's coordinates in the
-logits tensor, so ``d(y_c)/d(tensor)`` is what comes back (Grad-CAM §3; Captum's ``target``).
+Every gradient method seeds the explained score (before softmax): each image's target seed at its own batch index
+(a one-hot of the target's coordinates in the logits, or a region's weights; :func:`onnxfix.targets.seed_batch`), so
+``d(y_c)/d(tensor)`` comes back for every image of the batch in one ORT call (Grad-CAM §3; Captum's ``target``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-import onnx
-from onnx import helper
 
 from onnxfix.errors import InputError
 from onnxfix.graph import Graph
-from onnxfix.methods.base import Method, Result
-from onnxfix.methods.layers import resolve_layer
-from onnxfix.model import Model, Target
+from onnxfix.methods.base import Attribution, Method, check_finite, check_scores, register_method  # noqa: F401
+from onnxfix.methods.layers import layer_view, resolve_layer
+from onnxfix.model import Model
+from onnxfix.targets import Resolved, Target, seed_batch
 
 
-def seed_for(logits: np.ndarray, target: Target, sign: float = 1.0) -> np.ndarray:
-    seed = np.zeros(logits.shape, dtype=logits.dtype)
-    seed[target.coords] = sign
-    return seed
+def seed_for(logits: np.ndarray, target: Resolved | list[Resolved], sign: float = 1.0,
+             batch_axis: int | None = 0) -> np.ndarray:
+    targets = target if isinstance(target, list) else [target]
+    return seed_batch(logits.shape, targets, batch_axis, sign, logits.dtype)
 
 
 def tail(model: Model, layer: str) -> tuple[Graph, list[str]]:
@@ -30,45 +31,28 @@ def tail(model: Model, layer: str) -> tuple[Graph, list[str]]:
     every other non-constant tensor the tail reads (a skip connection, say), all taken from the first forward.
 
     Grad-CAM then differentiates only the tail — the forward is not run a second time (DESIGN §1: "Grad-CAM needs
-    only the tail")."""
-    cache = model.__dict__.setdefault("_tails", {})
-    if layer in cache:
-        return cache[layer]
-    g = model.graph
-    nodes = g.nodes_between([layer], model.head.logits)
-    produced = {o for n in nodes for o in n.outputs if o}
-    ins = [layer] + sorted({i for n in nodes for i in n.inputs
-                            if i and i not in produced and i not in g.constants and i != layer})
-    protos = {o: pn for pn in g.model.graph.node for o in pn.output}
-    pnodes = list({id(protos[n.outputs[0]]): protos[n.outputs[0]] for n in nodes}.values())
-    used = {i for pn in pnodes for i in pn.input}
+    only the tail"). Built once per (model, layer) in ``model.cache``."""
 
-    def info(name: str) -> onnx.ValueInfoProto:
-        t = g.tensors[name]
-        elem = helper.np_dtype_to_tensor_dtype(t.dtype) if t.dtype is not None else onnx.TensorProto.FLOAT
-        dims = None if t.shape is None else [d if isinstance(d, int) and d > 0 else None for d in t.shape]
-        return helper.make_tensor_value_info(name, elem, dims)
+    def build() -> tuple[Graph, list[str]]:
+        g = model.graph
+        sub = g.submodel([layer], [model.head.logits], name="tail")
+        return Graph.from_model(sub), [i.name for i in sub.graph.input]
 
-    sub = helper.make_graph(pnodes, "tail", [info(i) for i in ins], [info(model.head.logits)],
-                            initializer=[t for t in g.model.graph.initializer if t.name in used])
-    # IR ≥ 4: the tail's initializers are not graph inputs (IR 3 requires them to be; the converter then fails)
-    m = helper.make_model(sub, opset_imports=list(g.model.opset_import), ir_version=max(g.model.ir_version, 4))
-    cache[layer] = (Graph.from_model(m), ins)
-    return cache[layer]
+    return model.cache.get(("tail", layer), build)
 
 
-def run_gradients(model: Model, x: np.ndarray, logits: np.ndarray, target: Target, wrt: list[str],
-                  mode: str = "gradient", activations: tuple[str, ...] = (), sign: float = 1.0,
+def run_gradients(model: Model, x: np.ndarray, logits: np.ndarray, target: Resolved | list[Resolved],
+                  wrt: list[str], mode: str = "gradient", activations: tuple[str, ...] = (), sign: float = 1.0,
                   graph: Graph | None = None,
                   feeds: dict[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """({tensor: gradient of the target logit}, {tensor: activation}); NaN/Inf is an error, never a picture.
-
-    ``graph``/``feeds`` run a sub-model (a tail) instead of the whole model on ``x``."""
+    """({tensor: gradient of each image's target score}, {tensor: activation}) for a batch; NaN/Inf is an error,
+    never a picture. ``graph``/``feeds`` run a sub-model (a tail) instead of the whole model on ``x``."""
     from onnxfix.autodiff import GradientProgram
 
     prog = GradientProgram(graph or model.graph, of=model.head.logits, wrt=list(wrt), mode=mode,
                            activations=list(activations), provider=model.provider, threads=model.runtime.threads)
-    out = prog.run(feeds if feeds is not None else {model.input: x}, seed_for(logits, target, sign))
+    seed = seed_for(logits, target, sign, model.head.batch_axis)
+    out = prog.run(feeds if feeds is not None else {model.input: x}, seed)
     grads = {name: out["grad:" + name] for name in wrt}
     acts = {a: out[a] for a in activations}
     for kind, d in (("gradient", grads), ("activation", acts)):
@@ -91,8 +75,9 @@ def missing_rules_reason(model: Model, source: str) -> str | None:
 
 
 def saliency_map(grad: np.ndarray, model: Model) -> np.ndarray:
-    """(H, W) display map of an input-shaped gradient: max over channels of |g| (Simonyan et al.)."""
-    g = np.abs(grad[0])
+    """(H, W) display map of one image's input-shaped gradient (a leading batch axis of 1 allowed): max over
+    channels of |g| (Simonyan et al.)."""
+    g = np.abs(grad[0] if grad.ndim == 4 else grad)
     return g.max(axis=-1) if model.layout == "nhwc" else g.max(axis=0)
 
 
@@ -104,11 +89,23 @@ def nearest_upsample(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return m[iy][:, ix]
 
 
+@dataclass
+class LayerOptions:
+    """Options of layer methods: the layer (tensor or node name; None: automatic)."""
+
+    layer: str | None = None
+
+
 class LayerCAM(Method):
-    """Base of Grad-CAM-style methods: gradient of the target logit at a feature map → channel weights → map."""
+    """Base of Grad-CAM-style methods: gradient of the target score at a feature map → channel weights → map.
+
+    A subclass sets :meth:`weights` (the per-channel α, Grad-CAM §3) or overrides :meth:`cam` (the whole combination
+    of gradients and activations, for element-wise variants)."""
 
     engine = "autodiff"
+    kind = "layer"
     sign: ClassVar[float] = 1.0
+    Options = LayerOptions
 
     def applies(self, model):
         try:
@@ -121,48 +118,84 @@ class LayerCAM(Method):
         """(C,) channel weights from gradients and activations shaped (C, h, w)."""
         return grads.mean(axis=(1, 2))
 
+    def cam(self, grads: np.ndarray, acts: np.ndarray) -> tuple[np.ndarray, dict]:
+        """One image's map (h, w) from gradients and activations (C, h, w), float64, and extras."""
+        w = self.weights(grads, acts)
+        return np.maximum(np.tensordot(w, acts, axes=(0, 0)), 0.0), {"weights": w.astype(np.float32)}
+
     def forward_tensors(self, model, layer=None, **options):
         return [model.head.logits] + tail(model, resolve_layer(model, layer))[1]
 
-    def explain(self, model, x, values, target, layer=None, **options):
+    def layer_gradients(self, model: Model, x: np.ndarray, values: dict[str, np.ndarray], targets: list[Resolved],
+                        layer: str | None) -> tuple[str, np.ndarray, np.ndarray]:
+        """(layer name, gradients, activations) of the batch at the layer, both as (N, C, h, w) float64."""
         name = resolve_layer(model, layer)
         sub, ins = tail(model, name)
         if any(i not in values for i in ins):  # called from another method's forward (guided Grad-CAM)
             values = {**values, **model.runtime.run({model.input: x}, ins)}
-        grads, _ = run_gradients(model, x, values[model.head.logits], target, [name], sign=self.sign, graph=sub,
+        grads, _ = run_gradients(model, x, values[model.head.logits], targets, [name], sign=self.sign, graph=sub,
                                  feeds={i: values[i] for i in ins})
-        g, a = grads[name][0].astype(np.float64), values[name][0].astype(np.float64)
-        w = self.weights(g, a)
-        cam = np.maximum(np.tensordot(w, a, axes=(0, 0)), 0.0).astype(np.float32)
-        return Result(attribution=cam, map=cam, extras={"layer": name, "weights": w.astype(np.float32)})
+        view = layer_view(model, name)
+        return name, view(grads[name]).astype(np.float64), view(values[name]).astype(np.float64)
+
+    def attribute_resolved(self, model, x, values, targets, opts):
+        name, g, a = self.layer_gradients(model, x, values, targets, opts.layer)
+        cams, extras = [], []
+        for n in range(x.shape[0]):
+            cam, extra = self.cam(g[n], a[n])
+            cams.append(cam.astype(np.float32))
+            extras.append({"layer": name, **extra})
+        cams_arr = np.stack(cams)
+        check_finite(cams_arr, f"{self.name}'s map")
+        return Attribution(self.name, "layer", cams_arr, list(cams_arr), targets, values[model.head.logits], extras)
+
+    def explain(self, model, x, values, target, layer=None, **options):
+        """One image through the batch path (kept for callers of the per-image form)."""
+        att = self.attribute_resolved(model, x, values, [target], self.parse_options({"layer": layer}))
+        return att.item(0)
 
 
 class InputGradient(Method):
     """Base of input-gradient methods; ``mode`` picks the ReLU backward rule."""
 
     engine = "autodiff"
+    kind = "input"
     mode: ClassVar[str] = "gradient"
 
     def applies(self, model):
         return missing_rules_reason(model, model.input)
 
-    def input_gradient(self, model: Model, x: np.ndarray, values: dict, target: Target) -> np.ndarray:
+    def input_gradient(self, model: Model, x: np.ndarray, values: dict, target: Resolved | list[Resolved]
+                       ) -> np.ndarray:
         grads, _ = run_gradients(model, x, values[model.head.logits], target, [model.input], mode=self.mode)
         return grads[model.input].astype(np.float32)
 
-    def explain(self, model, x, values, target, **options):
-        g = self.input_gradient(model, x, values, target)
-        return Result(attribution=g, map=saliency_map(g, model))
+    def finish(self, model: Model, x: np.ndarray, values: dict, targets: list[Resolved], g: np.ndarray,
+               opts) -> Attribution:
+        """The Attribution of a batch's input gradients ``g`` (subclasses post-process here)."""
+        maps = [saliency_map(g[n], model) for n in range(g.shape[0])]
+        return Attribution(self.name, "input", g, maps, targets, values[model.head.logits],
+                           [{} for _ in targets])
 
-    def explain_in_one_pass(self, model, x, target, step, **options):
+    def attribute_resolved(self, model, x, values, targets, opts):
+        g = self.input_gradient(model, x, values, targets)
+        return self.finish(model, x, values, targets, g, opts)
+
+    def explain(self, model, x, values, target, **options):
+        return self.attribute_resolved(model, x, values, [target], self.parse_options(options)).item(0)
+
+    def one_pass(self, model, x, targets, opts):
         """For one score vector (a batch-1 classifier), the seed needs no forward: a given class is a fixed
         one-hot, the top class is a one-hot of the in-graph ArgMax of the logits. Forward, seed and backward are
         then one ORT call, not a forward to find the class followed by forward + backward."""
         from onnxfix.autodiff import GradientProgram
+        from onnxfix.targets import Class
 
         shape = model.single_logits_shape()
-        if shape is None or step is not None or x.shape[:1] != (1,):
+        t = targets[0] if len(targets) == 1 else None
+        if shape is None or x.shape[:1] != (1,) or not (t is None or isinstance(t, Class)):
             return None
+        target = None if t is None else t.index_or_label
         logits_name = model.head.logits
         if target is None:
             prog = GradientProgram(model.graph, of=logits_name, wrt=[model.input], mode=self.mode,
@@ -176,11 +209,14 @@ class InputGradient(Method):
                                    provider=model.provider, threads=model.runtime.threads)
             out = prog.run({model.input: x}, seed)
         logits = out[logits_name]
-        if not np.isfinite(logits).all():
-            raise InputError("the model produced NaN or Inf scores for this input; nothing to explain")
-        tgt = model.resolve_target(logits, target)
+        check_scores(logits)
+        tgt = model.resolve_target(logits, t)
         g = out["grad:" + model.input]
         if not np.isfinite(g).all():
             raise InputError(f"the gradient at {model.input!r} contains NaN or Inf; refusing to render it")
         g = g.astype(np.float32)
-        return logits, tgt, Result(attribution=g, map=saliency_map(g, model))
+        return self.finish(model, x, {logits_name: logits}, [tgt], g, opts)
+
+
+__all__ = ["InputGradient", "LayerCAM", "LayerOptions", "Target", "missing_rules_reason", "nearest_upsample",
+           "run_gradients", "saliency_map", "seed_for", "tail"]

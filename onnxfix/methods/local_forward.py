@@ -32,16 +32,11 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxfix.errors import OnnxfixError
-from onnxfix.graph import Graph, Node, resolve_pads, spatial_pads, window_span
+from onnxfix.graph import Graph, Node, copy_batch_in_reshapes, resolve_pads, spatial_pads, window_span
 from onnxfix.model import Model
+from onnxfix.ops import BINARY, UNARY, WINDOWED  # noqa: E402 - the one op table
 from onnxfix.runtime import Runtime
 
-UNARY = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu", "PRelu", "Elu", "Selu",
-         "BatchNormalization", "Identity", "Dropout", "Cast", "Neg", "Abs", "Exp", "Log", "Sqrt", "Softplus",
-         "Softsign", "Erf", "Gelu", "Mish", "Celu", "ThresholdedRelu", "Reciprocal", "Floor", "Ceil", "Round",
-         "Sign", "Sin", "Cos", "InstanceNormalization"}
-BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean"}
-WINDOWED = {"Conv", "MaxPool", "AveragePool", "LpPool"}
 SAVING = 0.85  # use a plan only if its estimated cost is below this fraction of a full forward
 
 
@@ -209,27 +204,6 @@ def _submodel(graph: Graph, nodes: list[Node], source: str, dims: list, output: 
     return m
 
 
-def copy_batch_in_reshapes(model: onnx.ModelProto, constants: dict[str, np.ndarray]) -> None:
-    """In place: a Reshape to a constant shape that starts with a batch of one copies the batch instead (0), so
-    that a model exported with a fixed batch of one runs batches (``allowzero`` Reshapes are left alone)."""
-    g = model.graph
-    have = {t.name for t in g.initializer}
-    for node in g.node:
-        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in constants:
-            continue
-        if any(a.name == "allowzero" and a.i for a in node.attribute):
-            continue
-        shape = np.asarray(constants[node.input[1]]).astype(np.int64).copy()
-        if not shape.size or shape[0] != 1:
-            continue
-        shape[0] = 0
-        name = node.input[1] + "/batch"
-        if name not in have:
-            g.initializer.append(numpy_helper.from_array(shape, name))
-            have.add(name)
-        node.input[1] = name
-
-
 def _cuts(model: Model) -> tuple[list[str], dict[str, float], float]:
     """Cut tensors in topological order (every path from the input to the logits goes through each, and the input
     reaches each by local ops), the MACs of the nodes before each, and the total."""
@@ -365,7 +339,7 @@ def local_plan(model: Model, x: np.ndarray, k: tuple[int, int], ys: list[int], x
                full: Callable[[list[tuple[int, int]]], np.ndarray]) -> Plan | None:
     """A plan for these windows, checked once against full recomputation (``full(windows) -> logits``) on three
     windows and cached on the model; ``None`` when there is none or the check fails."""
-    cache = model.__dict__.setdefault("_local_plans", {})
+    cache = model.cache.get("local_plans", dict)
     key = (tuple(x.shape), k, tuple(ys), tuple(xs))
     if key in cache:
         return cache[key]

@@ -18,11 +18,14 @@ Decisions:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from onnxfix.errors import InputError
 from onnxfix.methods.base import Method, Result, register_method
 from onnxfix.methods.occlusion import batched_runtime
+from onnxfix.targets import score_in
 
 DEFAULT_GRID = 8
 
@@ -65,6 +68,19 @@ class MutingPixels(Method):
     name = "muting-pixels"
     summary = "Muting pixels: logit drop when each cell of a regular grid is set to the image's mean colour"
 
+    @dataclass
+    class Options:
+        grid: int | tuple[int, int] | None = None
+        cell: int | tuple[int, int] | None = None
+        baseline: float | str = "mean"
+
+        def check(self):
+            for name in ("grid", "cell"):
+                v = getattr(self, name)
+                vs = (v,) if isinstance(v, int) else (v or ())
+                if any(a < 1 or a > 65536 for a in vs):
+                    raise ValueError(f"{name} must be between 1 and 65536, got {v!r}")
+
     def explain(self, model, x, values, target, grid=None, cell=None, baseline="mean", **options):
         nhwc = model.layout == "nhwc"
         H, W = (x.shape[1], x.shape[2]) if nhwc else (x.shape[2], x.shape[3])
@@ -78,8 +94,8 @@ class MutingPixels(Method):
         fill = base_val if np.isscalar(base_val) else (base_val if nhwc else base_val[:, None, None])
         cells = [(i, j) for i in range(len(ye) - 1) for j in range(len(xe) - 1)]
         logits_name = model.head.logits
-        base = float(values[logits_name][target.coords])
-        axis = model.head.batch_axis if model.head.batch_axis is not None else 0
+        bax = model.head.batch_axis
+        base = score_in(values[logits_name], target, 0, bax)
         runtime, batch = batched_runtime(model, x)
         drops = np.zeros((len(ye) - 1, len(xe) - 1), np.float64)
         for start in range(0, len(cells), batch):
@@ -92,9 +108,7 @@ class MutingPixels(Method):
                     xb[k, :, ye[i]:ye[i + 1], xe[j]:xe[j + 1]] = fill
             out = runtime.run({model.input: xb}, [logits_name])[logits_name]
             for k, (i, j) in enumerate(chunk):
-                idx = list(target.coords)
-                idx[axis] = k
-                drops[i, j] = base - float(out[tuple(idx)])
+                drops[i, j] = base - score_in(out, target, k, bax)
         if not np.isfinite(drops).all():
             raise InputError("muting-pixels: the model produced NaN or Inf on a muted copy; nothing to render")
         att = drops.astype(np.float32)

@@ -11,15 +11,15 @@ the preprocessed space (the dataset mean for mean/std-normalised models).
 
 from __future__ import annotations
 
-import numpy as np
-import onnx
-from onnx import numpy_helper
+from dataclasses import dataclass
 
-from onnxfix.errors import InputError, OnnxfixError
-from onnxfix.graph import Graph
+import numpy as np
+
+from onnxfix.errors import InputError
 from onnxfix.methods.base import Method, Result, register_method
-from onnxfix.methods.local_forward import copy_batch_in_reshapes, local_plan, run_windows
+from onnxfix.methods.local_forward import local_plan, run_windows
 from onnxfix.runtime import Runtime
+from onnxfix.targets import score_in
 
 BATCH = 32
 
@@ -31,49 +31,32 @@ def _pair(v, name: str) -> tuple[int, int]:
     return t  # type: ignore[return-value]
 
 
-def _batch_dynamic_copy(model) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(model.graph.model)
-    g = m.graph
-    for vi in list(g.input) + list(g.output):
-        dims = vi.type.tensor_type.shape.dim
-        if vi.name in (model.input, *model.graph.outputs) and len(dims) and dims[0].dim_value == 1:
-            dims[0].dim_param = "batch"
-    del g.value_info[:]
-    shapes = {n.input[1] for n in g.node if n.op_type == "Reshape" and len(n.input) > 1}
-    copy_batch_in_reshapes(m, {t.name: numpy_helper.to_array(t) for t in g.initializer if t.name in shapes})
-    return m
-
-
-def batched_runtime(model, x: np.ndarray) -> tuple[Runtime, int]:
-    """(runtime, batch size) for perturbed copies of ``x``; cached on the model."""
-    cached = getattr(model, "_occlusion_runtime", None)
-    if cached is not None:
-        return cached
-    shape = model.input_shape
-    result: tuple[Runtime, int] = (model.runtime, 1)
-    if not isinstance(shape[0], int) or shape[0] <= 0:
-        result = (model.runtime, BATCH)
-    else:
-        try:
-            rt = Runtime(Graph(_batch_dynamic_copy(model)), provider=model.provider, threads=model.runtime.threads)
-            name = model.head.logits
-            one = model.runtime.run({model.input: x}, [name])[name]
-            two = rt.run({model.input: np.concatenate([x, x])}, [name])[name]
-            axis = model.head.batch_axis if model.head.batch_axis is not None else 0
-            if two.shape[axis] == 2 and np.array_equal(np.take(two, [0], axis=axis), one) and \
-                    np.array_equal(np.take(two, [1], axis=axis), one):
-                result = (rt, BATCH)
-        except (OnnxfixError, ValueError, IndexError):
-            pass
-    model._occlusion_runtime = result
-    return result
+def batched_runtime(model, x: np.ndarray | None = None) -> tuple[Runtime, int]:
+    """(runtime, batch size) for perturbed copies of one image: the model's batch-dynamic form
+    (:meth:`~onnxfix.model.Model.batch_model`, validated and cached per model) in batches of ``BATCH``, or the model
+    itself one by one when no batch-dynamic form reproduces it."""
+    bm = model.batch_model()
+    return (bm.runtime, BATCH) if bm is not None else (model.runtime, 1)
 
 
 @register_method
 class Occlusion(Method):
     name = "occlusion"
     summary = "Occlusion: score drop when a sliding window is muted (model-agnostic, forward passes only)"
+
+    @dataclass
+    class Options:
+        window: int | tuple[int, int] | None = None
+        stride: int | tuple[int, int] | None = None
+        baseline: float = 0.0
+        local: bool = True
+
+        def check(self):
+            for name in ("window", "stride"):
+                v = getattr(self, name)
+                vs = (v,) if isinstance(v, int) else (v or ())
+                if any(a < 1 or a > 65536 for a in vs):
+                    raise ValueError(f"{name} must be between 1 and 65536 pixels, got {v!r}")
 
     def explain(self, model, x, values, target, window=None, stride=None, baseline=0.0, local=True, **options):
         nhwc = model.layout == "nhwc"
@@ -87,7 +70,8 @@ class Occlusion(Method):
         xs = [i * s[1] for i in range(-(-(W - k[1]) // s[1]) + 1)]
         boxes = [(y, xx) for y in ys for xx in xs]
         logits_name = model.head.logits
-        base = float(values[logits_name][target.coords])
+        bax = model.head.batch_axis
+        base = score_in(values[logits_name], target, 0, bax)
         runtime, batch = batched_runtime(model, x)
 
         def full(chunk: list[tuple[int, int]]) -> np.ndarray:
@@ -111,9 +95,7 @@ class Occlusion(Method):
             chunk = grid[start:start + batch]
             out = full(chunk) if plan is None else run_windows(plan, model, x, clean, chunk, k, ys, xs, float(baseline))
             for j in range(len(chunk)):
-                idx = list(target.coords)
-                idx[model.head.batch_axis if model.head.batch_axis is not None else 0] = j
-                drops[start + j] = base - float(out[tuple(idx)])
+                drops[start + j] = base - score_in(out, target, j, bax)
         total = np.zeros((H, W), np.float64)
         count = np.zeros((H, W), np.float64)
         for (y, xx), d in zip(boxes, drops, strict=True):

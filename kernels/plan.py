@@ -1,0 +1,484 @@
+"""The whole CNN-Fixations backtrack as one compiled pass over a plan (built once per model by
+:mod:`onnxfix.fixations.plan`).
+
+A plan is a list of *steps* in reverse topological order, each mapping the discriminative locations of one
+tensor (flat row-major indices, batch axis included) to one or more input tensors, with integer parameters in one
+``int64`` array, float parameters in one ``float64`` array and every constant (convolution filters, fc matrices) in
+one ``float32`` array. The activations the steps read are passed as raw addresses (``vptr``), so one call costs no
+boxing of a list of arrays. Per tensor the locations are the sorted unique flat indices — the same sets, in the
+same order, as :func:`onnxfix.fixations.tracer.trace`'s rule-by-rule walk (its ``np.unique`` of raveled rows).
+
+Op codes (``steps[s, 0]``) and what they compute, each exactly as the rule in :mod:`onnxfix.fixations.rules`:
+
+* ``FLAT``: flat index unchanged (Reshape/Flatten/Squeeze/Unsqueeze, same-shape elementwise ops);
+* ``MAP``: per input axis ``c_in = off + mult · c_out[src]`` (``src < 0``: constant ``off``) with a border mode —
+  broadcasting, Transpose, Slice, Pad (constant/edge/reflect/wrap), Concat and Split parts, Gather of one index;
+* ``ADD``: Add/Sum/Max/Sub: the data input with the largest (signed) value wins, first on ties;
+* ``CONV``: the channel with the largest float64 contribution sum in the window, then its largest position
+  (:func:`onnxfix.kernels.conv_backtrack`'s arithmetic and tie order), reading through an optional virtual zero
+  Pad (``Pad → Conv`` needs only the Pad's input exposed);
+* ``POOL``: the window argmax (:func:`onnxfix.kernels.pool_argmax`);
+* ``GPOOL``: the argmax over trailing reduced axes (global pooling, ReduceMean/Sum/Max over them);
+* ``FC``: ``y = a @ b`` with ``b`` constant: every ``k`` with ``a[m, k]·b[k, n] > 0`` (float64), or only the first
+  argmax (fc reading a feature map).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import types
+from numba.extending import intrinsic
+
+__all__ = ["run_plan", "FLAT", "MAP", "ADD", "CONV", "POOL", "GPOOL", "FC"]
+
+FLAT, MAP, ADD, CONV, POOL, GPOOL, FC = 0, 1, 2, 3, 4, 5, 6
+
+
+@intrinsic
+def _f32_ptr(typingctx, addr):  # pragma: no cover - compile-time
+    """An int64 address as a float32 pointer (the activations stay in ONNX Runtime's numpy arrays)."""
+    if not isinstance(addr, types.Integer):
+        return None
+    sig = types.CPointer(types.float32)(addr)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.float32)))
+
+    return sig, codegen
+
+
+@numba.njit(cache=True)
+def _load(vptr, slot, flat):  # pragma: no cover - jitted
+    return _f32_ptr(vptr[slot])[flat]
+
+
+@numba.njit(cache=True)
+def _vread(vptr, slot, n, c, nc, y, x, bh, bw, vpt, vpl, padval):  # pragma: no cover - jitted
+    # element (n, c, y, x) of a (possibly virtually zero-padded) NCHW tensor whose stored part is (·, nc, bh, bw)
+    by = y - vpt
+    bx = x - vpl
+    if by < 0 or by >= bh or bx < 0 or bx >= bw:
+        return padval
+    return np.float64(_f32_ptr(vptr[slot])[((n * nc + c) * bh + by) * bw + bx])
+
+
+@numba.njit(cache=True)
+def _better(v, best, found):  # pragma: no cover - jitted
+    # np.argmax order: the first maximum wins, the first NaN beats everything
+    if not found:
+        return True
+    if best != best:
+        return False
+    return v > best or v != v
+
+
+@numba.njit(cache=True)
+def _range(base, k, d, n):  # pragma: no cover - jitted
+    if base >= 0:
+        lo = 0
+    else:
+        lo = (-base + d - 1) // d
+    rem = n - base
+    if rem <= 0:
+        hi = 0
+    else:
+        hi = (rem + d - 1) // d
+    if hi > k:
+        hi = k
+    if lo > hi:
+        lo = hi
+    return lo, hi
+
+
+@numba.njit(cache=True)
+def _map(locs, ip, p):  # pragma: no cover - jitted
+    r_out = ip[p]
+    dout = ip[p + 1:p + 1 + r_out]
+    q = p + 1 + r_out
+    r_in = ip[q]
+    din = ip[q + 1:q + 1 + r_in]
+    q = q + 1 + r_in
+    out = np.empty(len(locs), np.int64)
+    coord = np.empty(max(r_out, 1), np.int64)
+    m = 0
+    for i in range(len(locs)):
+        f = locs[i]
+        for a in range(r_out - 1, -1, -1):
+            coord[a] = f % dout[a]
+            f //= dout[a]
+        flat = 0
+        ok = True
+        for a in range(r_in):
+            src = ip[q + 4 * a]
+            c = ip[q + 4 * a + 2]
+            if src >= 0:
+                c += ip[q + 4 * a + 1] * coord[src]
+            d = din[a]
+            mode = ip[q + 4 * a + 3]
+            if mode == 1:  # edge
+                c = min(max(c, 0), d - 1)
+            elif mode == 2:  # reflect
+                period = max(2 * (d - 1), 1)
+                c = c % period
+                if c >= d:
+                    c = period - c
+            elif mode == 3:  # wrap
+                c = c % d
+            if c < 0 or c >= d:
+                ok = False
+                break
+            flat = flat * d + c
+        if ok:
+            out[m] = flat
+            m += 1
+    return out[:m]
+
+
+@numba.njit(cache=True)
+def _add(locs, ip, fp, p, vptr):  # pragma: no cover - jitted
+    # returns (tensor id per data input, flat index per input and location, winning input per location)
+    n_in = ip[p]
+    r_out = ip[p + 1]
+    dout = ip[p + 2:p + 2 + r_out]
+    heads = np.empty(n_in, np.int64)
+    targets = np.empty(n_in, np.int64)
+    q = p + 2 + r_out
+    for j in range(n_in):
+        heads[j] = q
+        targets[j] = ip[q]
+        q += 4 + ip[q + 2]
+    coord = np.empty(max(r_out, 1), np.int64)
+    flats = np.empty((n_in, len(locs)), np.int64)
+    win = np.zeros(len(locs), np.int64)
+    for i in range(len(locs)):
+        f = locs[i]
+        for a in range(r_out - 1, -1, -1):
+            coord[a] = f % dout[a]
+            f //= dout[a]
+        best = 0.0
+        for j in range(n_in):
+            h = heads[j]
+            r_in = ip[h + 2]
+            flat = 0
+            for a in range(r_in):
+                d = ip[h + 4 + a]
+                c = 0 if d == 1 else coord[r_out - r_in + a]
+                flat = flat * d + c
+            flats[j, i] = flat
+            if n_in > 1:
+                v = fp[ip[h + 3]] * np.float64(_load(vptr, ip[h + 1], flat))
+                if _better(v, best, j > 0):
+                    best = v
+                    win[i] = j
+    return targets, flats, win
+
+
+@numba.njit(cache=True)
+def _conv(locs, ip, fp, p, vptr, w):  # pragma: no cover - jitted
+    nc, hv, wv = ip[p + 1], ip[p + 2], ip[p + 3]
+    c_out, oh, ow = ip[p + 4], ip[p + 5], ip[p + 6]
+    cin_g, kh, kw = ip[p + 7], ip[p + 8], ip[p + 9]
+    sh, sw, pt, pl, dh, dw, group, w_off = ip[p + 10], ip[p + 11], ip[p + 12], ip[p + 13], ip[p + 14], \
+        ip[p + 15], ip[p + 16], ip[p + 17]
+    slot, bh, bw, vpt, vpl = ip[p + 18], ip[p + 19], ip[p + 20], ip[p + 21], ip[p + 22]
+    padval = fp[ip[p + 23]]
+    cout_g = c_out // group
+    out = np.empty(len(locs), np.int64)
+    m = 0
+    for i in range(len(locs)):
+        f = locs[i]
+        ox = f % ow
+        f //= ow
+        oy = f % oh
+        f //= oh
+        co = f % c_out
+        n = f // c_out
+        by = oy * sh - pt
+        bx = ox * sw - pl
+        ky0, ky1 = _range(by, kh, dh, hv)
+        kx0, kx1 = _range(bx, kw, dw, wv)
+        if ky0 >= ky1 or kx0 >= kx1:
+            continue  # the window lies outside the input: nothing to follow
+        c0 = (co // cout_g) * cin_g
+        wbase = w_off + co * cin_g * kh * kw
+        # pass 1: per channel, the window sum of float64 contributions in row-major (ky, kx) order
+        best_s = 0.0
+        best_c = 0
+        for cl in range(cin_g):
+            s = 0.0
+            wc = wbase + cl * kh * kw
+            for ky in range(ky0, ky1):
+                iy = by + ky * dh
+                for kx in range(kx0, kx1):
+                    xv = _vread(vptr, slot, n, c0 + cl, nc, iy, bx + kx * dw, bh, bw, vpt, vpl, padval)
+                    s += xv * np.float64(w[wc + ky * kw + kx])
+            if _better(s, best_s, cl > 0):
+                best_s = s
+                best_c = cl
+        # pass 2: the first row-major argmax of the winning channel's contributions
+        best_v = 0.0
+        best_y = -1
+        best_x = -1
+        found = False
+        wc = wbase + best_c * kh * kw
+        for ky in range(ky0, ky1):
+            iy = by + ky * dh
+            for kx in range(kx0, kx1):
+                ix = bx + kx * dw
+                xv = _vread(vptr, slot, n, c0 + best_c, nc, iy, ix, bh, bw, vpt, vpl, padval)
+                v = xv * np.float64(w[wc + ky * kw + kx])
+                if _better(v, best_v, found):
+                    best_v = v
+                    best_y = iy
+                    best_x = ix
+                    found = True
+        out[m] = ((n * nc + c0 + best_c) * hv + best_y) * wv + best_x
+        m += 1
+    return out[:m]
+
+
+@numba.njit(cache=True)
+def _pool(locs, ip, fp, p, vptr):  # pragma: no cover - jitted
+    nc, hv, wv, oh, ow = ip[p + 1], ip[p + 2], ip[p + 3], ip[p + 4], ip[p + 5]
+    kh, kw, sh, sw, pt, pl, dh, dw = ip[p + 6], ip[p + 7], ip[p + 8], ip[p + 9], ip[p + 10], ip[p + 11], \
+        ip[p + 12], ip[p + 13]
+    slot, bh, bw, vpt, vpl = ip[p + 14], ip[p + 15], ip[p + 16], ip[p + 17], ip[p + 18]
+    padval = fp[ip[p + 19]]
+    out = np.empty(len(locs), np.int64)
+    m = 0
+    for i in range(len(locs)):
+        f = locs[i]
+        ox = f % ow
+        f //= ow
+        oy = f % oh
+        nci = f // oh  # n * nc + c
+        by = oy * sh - pt
+        bx = ox * sw - pl
+        ky0, ky1 = _range(by, kh, dh, hv)
+        kx0, kx1 = _range(bx, kw, dw, wv)
+        if ky0 >= ky1 or kx0 >= kx1:
+            continue
+        best_v = 0.0
+        best_y = -1
+        best_x = -1
+        found = False
+        for ky in range(ky0, ky1):
+            iy = by + ky * dh
+            for kx in range(kx0, kx1):
+                ix = bx + kx * dw
+                v = np.float64(_vread(vptr, slot, nci // nc, nci % nc, nc, iy, ix, bh, bw, vpt, vpl, padval))
+                if _better(v, best_v, found):
+                    best_v = v
+                    best_y = iy
+                    best_x = ix
+                    found = True
+        out[m] = (nci * hv + best_y) * wv + best_x
+        m += 1
+    return out[:m]
+
+
+@numba.njit(cache=True)
+def _gpool(locs, ip, p, vptr):  # pragma: no cover - jitted
+    r, slot = ip[p], ip[p + 1]
+    out = np.empty(len(locs), np.int64)
+    for i in range(len(locs)):
+        base = locs[i] * r
+        best = 0.0
+        arg = 0
+        for j in range(r):
+            v = np.float64(_load(vptr, slot, base + j))
+            if _better(v, best, j > 0):
+                best = v
+                arg = j
+        out[i] = base + arg
+    return out
+
+
+@numba.njit(cache=True)
+def _fc(locs, ip, p, vptr, w):  # pragma: no cover - jitted
+    k_dim, n_dim, mode, slot, w_off = ip[p + 1], ip[p + 2], ip[p + 3], ip[p + 4], ip[p + 5]
+    if mode == 1:
+        out = np.empty(len(locs), np.int64)
+        for i in range(len(locs)):
+            mm = locs[i] // n_dim
+            nn = locs[i] % n_dim
+            best = 0.0
+            arg = 0
+            for k in range(k_dim):
+                v = np.float64(_load(vptr, slot, mm * k_dim + k)) * np.float64(w[w_off + k * n_dim + nn])
+                if _better(v, best, k > 0):
+                    best = v
+                    arg = k
+            out[i] = mm * k_dim + arg
+        return out
+    cnt = 0
+    buf = np.empty(16, np.int64)
+    for i in range(len(locs)):
+        mm = locs[i] // n_dim
+        nn = locs[i] % n_dim
+        for k in range(k_dim):
+            if np.float64(_load(vptr, slot, mm * k_dim + k)) * np.float64(w[w_off + k * n_dim + nn]) > 0.0:
+                if cnt == len(buf):
+                    nb = np.empty(2 * len(buf), np.int64)
+                    nb[:cnt] = buf
+                    buf = nb
+                buf[cnt] = mm * k_dim + k
+                cnt += 1
+    return buf[:cnt]
+
+
+@numba.njit(cache=True)
+def _heapsort(a):  # pragma: no cover - jitted
+    n = len(a)
+    for start in range(n // 2 - 1, -1, -1):
+        root = start
+        while 2 * root + 1 < n:
+            child = 2 * root + 1
+            if child + 1 < n and a[child] < a[child + 1]:
+                child += 1
+            if a[root] < a[child]:
+                a[root], a[child] = a[child], a[root]
+                root = child
+            else:
+                break
+    for end in range(n - 1, 0, -1):
+        a[0], a[end] = a[end], a[0]
+        root = 0
+        while 2 * root + 1 < end:
+            child = 2 * root + 1
+            if child + 1 < end and a[child] < a[child + 1]:
+                child += 1
+            if a[root] < a[child]:
+                a[root], a[child] = a[child], a[root]
+                root = child
+            else:
+                break
+
+
+@numba.njit(cache=True)
+def _grow(a, need):  # pragma: no cover - jitted
+    if need <= len(a):
+        return a
+    size = 2 * len(a)
+    if need > size:
+        size = need
+    b = np.empty(size, np.int64)
+    b[:len(a)] = a
+    return b
+
+
+@numba.njit(cache=True)
+def run_plan(steps, ip, fp, w, vptr, n_tensors, start_t, start_flat):  # pragma: no cover - jitted
+    """Run a plan; returns (flat locations of every tensor concatenated, offsets per tensor, sent flags)."""
+    n_steps = steps.shape[0]
+    store = np.empty(4096, np.int64)  # contributions, chunk after chunk
+    s_len = 0
+    max_ch = 8 * n_steps + 8
+    ch_t = np.empty(max_ch, np.int64)
+    ch_s = np.empty(max_ch, np.int64)
+    ch_n = np.empty(max_ch, np.int64)
+    n_ch = 0
+    fstore = np.empty(4096, np.int64)  # final (sorted unique) locations, tensor after tensor
+    f_len = 0
+    fin_s = np.zeros(n_tensors, np.int64)
+    fin_n = np.zeros(n_tensors, np.int64)
+    done = np.zeros(n_tensors, np.bool_)
+    sent = np.zeros(n_tensors, np.bool_)
+    sent[start_t] = True
+    store = _grow(store, len(start_flat))
+    store[:len(start_flat)] = start_flat
+    ch_t[0], ch_s[0], ch_n[0] = start_t, 0, len(start_flat)
+    n_ch = 1
+    s_len = len(start_flat)
+    for s in range(n_steps + 1):
+        if s < n_steps:
+            op, o, t_in, p, flag = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3], steps[s, 4]
+            todo_lo, todo_hi = o, o + 1
+        else:  # the end: tensors no step produces (the image input)
+            op, o, t_in, p, flag = -1, 0, -1, 0, 0
+            todo_lo, todo_hi = 0, n_tensors
+        for t in range(todo_lo, todo_hi):
+            if done[t]:
+                continue
+            total = 0
+            for c in range(n_ch):
+                if ch_t[c] == t:
+                    total += ch_n[c]
+            tmp = np.empty(total, np.int64)
+            k = 0
+            for c in range(n_ch):
+                if ch_t[c] == t:
+                    tmp[k:k + ch_n[c]] = store[ch_s[c]:ch_s[c] + ch_n[c]]
+                    k += ch_n[c]
+            _heapsort(tmp)
+            fstore = _grow(fstore, f_len + total)
+            fin_s[t] = f_len
+            m = 0
+            for i in range(total):
+                if i == 0 or tmp[i] != tmp[i - 1]:
+                    fstore[f_len + m] = tmp[i]
+                    m += 1
+            fin_n[t] = m
+            f_len += m
+            done[t] = True
+        if op < 0:
+            break
+        if fin_n[o] == 0:
+            continue
+        locs = fstore[fin_s[o]:fin_s[o] + fin_n[o]].copy()
+        if op == ADD:
+            targets, flats, win = _add(locs, ip, fp, p, vptr)
+            for j in range(len(targets)):
+                t = targets[j]
+                if t < 0:
+                    continue
+                m = 0
+                for i in range(len(locs)):
+                    if win[i] == j:
+                        m += 1
+                store = _grow(store, s_len + m)
+                m = 0
+                for i in range(len(locs)):
+                    if win[i] == j:
+                        store[s_len + m] = flats[j, i]
+                        m += 1
+                sent[t] = True
+                ch_t[n_ch], ch_s[n_ch], ch_n[n_ch] = t, s_len, m
+                n_ch += 1
+                s_len += m
+            continue
+        if op == FLAT:
+            res = locs
+        elif op == MAP:
+            res = _map(locs, ip, p)
+        elif op == CONV:
+            res = _conv(locs, ip, fp, p, vptr, w)
+        elif op == POOL:
+            res = _pool(locs, ip, fp, p, vptr)
+        elif op == GPOOL:
+            res = _gpool(locs, ip, p, vptr)
+        else:
+            res = _fc(locs, ip, p, vptr, w)
+        if flag == 1 and len(res) == 0:  # Concat: an input that receives nothing gets no entry
+            continue
+        sent[t_in] = True
+        store = _grow(store, s_len + len(res))
+        store[s_len:s_len + len(res)] = res
+        ch_t[n_ch], ch_s[n_ch], ch_n[n_ch] = t_in, s_len, len(res)
+        n_ch += 1
+        s_len += len(res)
+    offsets = np.zeros(n_tensors + 1, np.int64)
+    for t in range(n_tensors):
+        offsets[t + 1] = offsets[t] + fin_n[t]
+    flat = np.empty(offsets[n_tensors], np.int64)
+    for t in range(n_tensors):
+        flat[offsets[t]:offsets[t + 1]] = fstore[fin_s[t]:fin_s[t] + fin_n[t]]
+    return flat, offsets, sent
+
+
+def compile_now() -> None:
+    """Compile (or load from numba's cache) :func:`run_plan` with a one-step plan."""
+    steps = np.array([[FLAT, 0, 1, 0, 0]], np.int64)
+    run_plan(steps, np.zeros(1, np.int64), np.zeros(1, np.float64), np.zeros(1, np.float32),
+             np.zeros(1, np.int64), 2, 0, np.zeros(1, np.int64))

@@ -1,0 +1,152 @@
+"""Canonizers: passes that rewrite the forward graph before the reverse sweep (Zennit's canonizers).
+
+Each pass takes a :class:`~onnxfix.graph.Graph` and returns an equivalent one (the same graph when it has nothing to
+do); the results are cached per graph. In the order :func:`~onnxfix.autodiff.builder.build_backward` runs them:
+
+1. :func:`upgrade_graph` — a model older than the rules' ONNX syntax (opset 13) is converted with onnx's version
+   converter to opset 17, and the copy's forward outputs are checked against the original's on ORT;
+2. :func:`fold_pads` — zero ``Pad`` nodes that only feed a ``Conv`` are folded into the conv's pads;
+3. :func:`lower_composites` — composite ops (``LSTM``, ``GRU``, ``RNN``, the ``com.microsoft`` fused ops) are
+   replaced by primitives that compute the same outputs (lowering.py), so that only primitives need rules.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxfix.autodiff import lowering
+from onnxfix.errors import UnsupportedModel
+from onnxfix.graph import Graph, Node, spatial_pads
+from onnxfix.sessions import make_session
+
+#: Where a model is older than what its rules emit, a copy is upgraded to this opset.
+TARGET_OPSET = 17
+
+_UPGRADED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _foldable_pad(graph: Graph, node: Node, keep: set[str]) -> tuple[list[int], Node] | None:
+    """(spatial begin + end pads, the Conv) when ``node`` is a zero, constant-mode Pad of the spatial axes of an
+    NCHW tensor whose only reader is a Conv with explicit pads; else ``None``."""
+    pads = spatial_pads(node)
+    if pads is None or node.outputs[0] in keep or any(q < 0 for q in pads) or node.attrs.get("value", 0.0) != 0.0:
+        return None
+    if len(node.inputs) > 2 and node.inputs[2] and node.inputs[2] not in graph.constants:  # a run-time pad value
+        return None
+    readers = graph.consumers(node.outputs[0])
+    if len(readers) != 1 or readers[0].op_type != "Conv" or readers[0].inputs[0] != node.outputs[0]:
+        return None
+    conv = readers[0]
+    if conv.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
+        return None
+    return pads, conv
+
+
+def fold_pads(graph: Graph, keep: Sequence[str] = ()) -> Graph:
+    """``graph`` with every zero Pad that only feeds a Conv folded into the Conv's own pads (same numbers).
+
+    TF-style exports (EfficientNet's "static same padding") put an explicit Pad before many convs; differentiating
+    through it costs a padded gradient map and a Slice per conv, the folded conv's backward gives the input's size
+    directly. Tensors in ``keep`` (requested gradients/activations) are never folded away."""
+    hit = _FOLDED.get(graph)
+    if hit is not None and hit[0] == tuple(keep):
+        return hit[1] or graph
+    keep_set = set(keep)
+    folds = {n.name: f for n in graph.nodes if (f := _foldable_pad(graph, n, keep_set)) is not None}
+    if not folds:
+        _FOLDED[graph] = (tuple(keep), None)  # never the graph itself: a weak key must not be held by its value
+        return graph
+    m = onnx.ModelProto()
+    m.CopyFrom(graph.model)
+    by_conv = {conv.name: (pads, n) for n, (pads, conv) in folds.items()}
+    pad_nodes = {graph.node_by_name[n].outputs[0]: graph.node_by_name[n].inputs[0] for n in folds}
+    keep_nodes = []
+    for pn in m.graph.node:
+        if pn.output and pn.output[0] in pad_nodes:
+            continue
+        if pn.op_type == "Conv" and pn.input and pn.input[0] in pad_nodes:
+            conv = next(c for c in by_conv if graph.node_by_name[c].outputs[0] == pn.output[0])
+            extra, _ = by_conv[conv]
+            old = list(graph.node_by_name[conv].attrs.get("pads") or [0, 0, 0, 0])
+            new = [old[i] + extra[i] for i in range(4)]
+            attrs = [a for a in pn.attribute if a.name != "pads"]
+            del pn.attribute[:]
+            pn.attribute.extend(attrs + [helper.make_attribute("pads", new)])
+            pn.input[0] = pad_nodes[pn.input[0]]
+        keep_nodes.append(pn)
+    del m.graph.node[:]
+    m.graph.node.extend(keep_nodes)
+    gone = set(pad_nodes)
+    vis = [vi for vi in m.graph.value_info if vi.name not in gone]
+    del m.graph.value_info[:]
+    m.graph.value_info.extend(vis)
+    new_graph = Graph.from_model(m)
+    _FOLDED[graph] = (tuple(keep), new_graph)
+    return new_graph
+
+
+def upgrade_graph(graph: Graph, target: int = TARGET_OPSET) -> Graph:
+    """A copy of ``graph`` converted to opset ``target`` with onnx's version converter, checked against the
+    original on ONNX Runtime; :class:`UnsupportedModel` with the reason when that fails."""
+    hit = _UPGRADED.get(graph)
+    if hit is not None and hit.opset >= target:
+        return hit
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(copy.deepcopy(graph.model), target)
+        new = Graph.from_model(converted)
+    except Exception as exc:  # noqa: BLE001 - the converter raises many types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UnsupportedModel(
+            f"autodiff: the model's opset {graph.opset} is older than the gradient rules need ({target}) and "
+            f"onnx's version converter cannot upgrade it: {first}") from None
+    missing = [o for o in graph.outputs if o not in new.tensors]
+    if missing:
+        raise UnsupportedModel(f"autodiff: upgrading the model to opset {target} lost tensor(s) {missing[:4]}")
+    _check_same_forward(graph, new, target)
+    _UPGRADED[graph] = new
+    return new
+
+
+def _check_same_forward(old: Graph, new: Graph, target: int) -> None:
+
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for vi in old.model.graph.input:
+        if vi.name in old.constants:
+            continue
+        t = old.tensors[vi.name]
+        shape = [d if d else 1 for d in (t.shape or ())]
+        dt = t.dtype or np.dtype(np.float32)
+        feeds[vi.name] = (rng.standard_normal(shape).astype(dt) if dt.kind == "f"
+                          else np.zeros(shape, dt))
+    try:
+        outs = []
+        for g in (old, new):
+            s = make_session(g.model)
+            outs.append(s.run(old.outputs, feeds))
+    except Exception as exc:  # noqa: BLE001
+        raise UnsupportedModel(f"autodiff: the model upgraded to opset {target} does not run: "
+                               f"{str(exc).splitlines()[0][:300]}") from None
+    for name, a, b in zip(old.outputs, outs[0], outs[1], strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape or (a.dtype.kind == "f" and not np.allclose(a, b, rtol=1e-4, atol=1e-5)):
+            raise UnsupportedModel(f"autodiff: the model upgraded to opset {target} computes a different "
+                                   f"{name!r} than the original")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def lower_composites(graph: Graph, nodes: Sequence[Node]) -> Graph:
+    """``graph`` with every node of ``nodes`` that has a lowering replaced by its primitives."""
+    todo = [n for n in nodes if lowering.has_lowering(n)]
+    return lowering.lower(graph, todo) if todo else graph

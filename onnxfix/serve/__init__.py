@@ -1,0 +1,1 @@
+"""``onnxfix serve``: explanations over HTTP (Starlette + uvicorn, the ``onnxfix[serve]`` extra; docs/serve.md)."""
