@@ -8,17 +8,13 @@
 """
 
 from onnxfix.api import Explainer, Explanation
+from onnxfix.batch.table import read_results  # pyarrow loads only when it is called
 from onnxfix.errors import InputError, OnnxfixError, UnsupportedModel, UnsupportedOp
 from onnxfix.targets import Box, Class, Output, Region, Step, Target, parse_target
 
 __version__ = "0.2.0"
 
 
-def read_results(path):  # noqa: ANN001, ANN201 - re-exported from onnxfix.batch (optional pyarrow)
-    """The table of an ``onnxfix batch`` run (``onnxfix.batch.read_results``)."""
-    from onnxfix.batch import read_results as _read
-
-    return _read(path)
 
 
 __all__ = ["Box", "Class", "Explainer", "Explanation", "InputError", "OnnxfixError", "Output", "Region", "Step",

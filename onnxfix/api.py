@@ -108,6 +108,7 @@ class Explanation:
                                                         for x, y in self.points],
             "box": None if self.box is None else [round(float(v), 2) for v in self.box],
             "seconds": round(self.seconds, 4),
+            "box_rule": maps.box_rule(self.points),
         }
         if self.step is not None:
             d["target"]["step"] = self.step
@@ -148,14 +149,18 @@ class Explainer:
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, provider: str = "cpu",
                  labels: str | list[str] | None = None, output: str | None = None, preprocess: dict | None = None,
                  threads: int | None = None, max_image_pixels: int | None = None, max_model_mb: float | None = None,
-                 memory_budget_mb: float | None = None):
+                 memory_budget_mb: float | None = None, head: str | None = None,
+                 inputs: dict[str, Any] | None = None, time_axis: int | None = None, class_axis: int | None = None,
+                 base_dir: str | os.PathLike | None = None):
         #: the constructor's arguments: an Explainer pickles as these (a path-loaded one is rebuilt on unpickling,
         #: e.g. in a worker process) and never ships its sessions
         self._init_args = dict(model=model, provider=provider, labels=labels, output=output, preprocess=preprocess,
                                threads=threads, max_image_pixels=max_image_pixels, max_model_mb=max_model_mb,
-                               memory_budget_mb=memory_budget_mb)
+                               memory_budget_mb=memory_budget_mb, head=head, inputs=inputs, time_axis=time_axis,
+                               class_axis=class_axis, base_dir=base_dir)
         self.model = Model(model, provider=provider, output=output, labels_file=labels, threads=threads,
-                           max_model_bytes=None if max_model_mb is None else int(max_model_mb * 1024**2))
+                           max_model_bytes=None if max_model_mb is None else int(max_model_mb * 1024**2),
+                           head=head, inputs=inputs, time_axis=time_axis, class_axis=class_axis, base_dir=base_dir)
         self.max_image_pixels = max_image_pixels
         if memory_budget_mb is not None:
             self.model.runtime.memory_budget = int(memory_budget_mb * 1024**2)
@@ -178,12 +183,27 @@ class Explainer:
     def _why_not(self, name: str) -> str | None:
         """``METHODS[name].applies`` for this model, worked out once (it depends on the model alone)."""
         if name not in self._applies:
-            self._applies[name] = METHODS[name].applies(self.model)
+            m = METHODS[name]
+            why = m.applies(self.model)
+            if why is None and m.needs_batch and self.model.batch_model() is None:
+                why = ("this model runs only one image at a time (no batch-dynamic copy reproduces it), and "
+                       f"{name} needs batches of samples")
+            if why is None and m.needs_map_layer:
+                from onnxfix.methods.layers import resolve_layer
+
+                try:
+                    shape = self.model.graph.shape(resolve_layer(self.model, None)) or ()
+                except InputError as exc:
+                    shape, why = (), str(exc)
+                if why is None and len(shape) != 4:
+                    why = f"{name} masks a 4-D feature map, and this model's layer is a token layer {list(shape)}"
+            self._applies[name] = why
         return self._applies[name]
 
     def prepare(self, image: Any) -> tuple[np.ndarray, Frame, Image.Image | None]:
         """Decode and preprocess ``image`` into the model's input tensor."""
-        return prepare(image, self.spec, self.model.input_shape, self.max_image_pixels)
+        return prepare(image, self.spec, self.model.input_shape, self.max_image_pixels,
+                       memory_budget=self.model.runtime.memory_budget)
 
     def __getstate__(self) -> dict:
         return {"init_args": self._init_args}

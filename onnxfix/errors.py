@@ -20,6 +20,11 @@ class InputError(OnnxfixError):
     exit_code = 2
 
 
+class OutputError(InputError, OSError):
+    """An output that cannot be written (disk full, name too long, read-only folder...): exit 2, and still an
+    ``OSError`` for callers that catch those. The message names the path and the reason."""
+
+
 class UnsupportedModel(OnnxfixError):
     """A valid model that an engine cannot explain."""
 
@@ -50,3 +55,27 @@ class UnsupportedOp(UnsupportedModel):
         if self.still_works:
             msg += f"; methods that still work: {', '.join(self.still_works)}"
         super().__init__(msg)
+
+
+#: Characters escaped when untrusted text (labels, file names, messages quoting them) reaches a terminal: C0 and C1
+#: controls, DEL, the bidirectional overrides/isolates (they reorder what follows) and lone surrogates (undecodable
+#: bytes of a file name, which a UTF-8 stream cannot even encode).
+_UNSAFE = {c for c in range(0x20)} | {0x7F} | set(range(0x80, 0xA0)) | set(range(0x202A, 0x202F)) \
+    | set(range(0x2066, 0x206A)) | {0x200E, 0x200F, 0x061C}
+_ESCAPES = {i: (f"\\x{i:02x}" if i < 0x100 else f"\\u{i:04x}") for i in _UNSAFE}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def printable(text: object) -> str:
+    """``text`` with every terminal control character escaped (``\\x1b``, ``\\n``, ``\\u202e``…), so that a label
+    or a file name from an untrusted source can neither rewrite the user's terminal nor break a one-line message.
+
+    Printable text, non-ASCII letters included, is unchanged.
+    """
+    s = str(text)
+    if s.isprintable() and s.isascii():
+        return s
+    out = s.translate(_ESCAPES)
+    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in out):
+        out = "".join(f"\\u{ord(ch):04x}" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in out)
+    return out

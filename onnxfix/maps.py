@@ -7,7 +7,12 @@
 * **Fixation box**: drop points that have fewer than 5% of all points within 10% of the image diagonal, then the
   tightest box around the rest (all points if that drops everything). The density is made from the same inliers,
   as in the authors' code (``heatmap(img, selPoints)``).
-* **Heatmap box** (Grad-CAM §4): threshold at 15% of the maximum, box around the largest 8-connected component.
+* **Heatmap box**: threshold at 15% of the maximum (Grad-CAM §4), then the box around one 8-connected component of
+  what remains. Two rules (:data:`BOX_RULES`): ``"peak"`` (the default, what users see) takes the component that
+  holds the map's peak, so a box always contains its own map's maximum; ``"largest"`` takes the largest component,
+  Grad-CAM's rule for its weakly-supervised localisation numbers (§4), kept for the WSOL metric. They differ when a
+  broad weak region outgrows the peak's: occlusion on a cup photo put the largest component in the bottom strip
+  while the peak was on the cup. :func:`box_rule` names the rule an explanation's box used.
 """
 
 from __future__ import annotations
@@ -89,9 +94,28 @@ def bounding_box(points: np.ndarray) -> list[float] | None:
     return [float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max())]
 
 
-def heatmap_box(heatmap: np.ndarray, threshold: float = 0.15, max_side: int = 256) -> list[float] | None:
-    """Box around the largest connected component of ``heatmap >= threshold·max`` in the map's pixel frame."""
-    m = np.asarray(heatmap, np.float32)
+#: The heatmap box rules: the component holding the peak (users) or the largest one (Grad-CAM's WSOL protocol).
+BOX_RULES = ("peak", "largest")
+
+
+def heatmap_box(heatmap: np.ndarray, threshold: float = 0.15, max_side: int = 256,
+                rule: str = "peak") -> list[float] | None:
+    """Box [x0, y0, x1, y1] (in the map's pixel frame) around one connected component of ``heatmap >= threshold·max``.
+
+    Parameters
+    ----------
+    heatmap : (H, W) array
+    threshold : float
+        Fraction of the maximum kept (Grad-CAM §4: 15%).
+    max_side : int
+        The mask is labelled on a copy resized to at most this side (speed); the box is scaled back.
+    rule : {"peak", "largest"}
+        ``"peak"``: the component that holds the map's maximum (the box contains the peak); ``"largest"``: the
+        component with the most pixels (Grad-CAM's WSOL rule).
+    """
+    if rule not in BOX_RULES:
+        raise ValueError(f"unknown box rule {rule!r}; choose from {', '.join(BOX_RULES)}")
+    m = np.nan_to_num(np.asarray(heatmap, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     if m.size == 0 or float(m.max()) <= 0:
         return None
     h, w = m.shape
@@ -101,8 +125,25 @@ def heatmap_box(heatmap: np.ndarray, threshold: float = 0.15, max_side: int = 25
     lab = label_components(mask)
     if lab.max() == 0:
         return None
-    sizes = np.bincount(lab.reshape(-1))
-    sizes[0] = 0
-    ys, xs = np.nonzero(lab == int(np.argmax(sizes)))
     sy, sx = h / small.shape[0], w / small.shape[1]
-    return [float(xs.min() * sx), float(ys.min() * sy), float((xs.max() + 1) * sx - 1), float((ys.max() + 1) * sy - 1)]
+    py, px = np.unravel_index(int(np.argmax(m)), m.shape)  # the peak, in the full map
+    if rule == "largest":
+        sizes = np.bincount(lab.reshape(-1))
+        sizes[0] = 0
+        keep = int(np.argmax(sizes))
+    else:
+        qy, qx = min(int(py / sy), small.shape[0] - 1), min(int(px / sx), small.shape[1] - 1)
+        keep = int(lab[qy, qx]) or int(lab.reshape(-1)[int(np.argmax(small))])
+    ys, xs = np.nonzero(lab == keep)
+    box = [float(xs.min() * sx), float(ys.min() * sy), float((xs.max() + 1) * sx - 1), float((ys.max() + 1) * sy - 1)]
+    if rule == "peak":  # resizing may move the peak by a pixel: the box holds the full map's peak, always
+        box = [min(box[0], float(px)), min(box[1], float(py)), max(box[2], float(px)), max(box[3], float(py))]
+    return box
+
+
+def box_rule(points: np.ndarray | None, rule: str = "peak") -> str:
+    """The name of the rule that made an explanation's box: ``"fixation-inliers"`` for fixations (outliers removed,
+    tightest box), else ``"peak-component"`` or ``"largest-component"`` (the heatmap rule used)."""
+    if points is not None:
+        return "fixation-inliers"
+    return f"{rule}-component"

@@ -64,18 +64,18 @@ class AnalysisCache:
             self._d.clear()
 
 
-
-
 class Model:
     """Load and analyse once; :class:`~onnxfix.api.Explainer` and the methods share it."""
 
     def __init__(self, source: str | Path | onnx.ModelProto, provider: str = "cpu", output: str | None = None,
                  labels_file: str | list[str] | None = None, threads: int | None = None,
                  max_model_bytes: int | None = None, head: str | None = None,
-                 inputs: dict[str, Any] | None = None, time_axis: int | None = None, class_axis: int | None = None):
+                 inputs: dict[str, Any] | None = None, time_axis: int | None = None, class_axis: int | None = None,
+                 base_dir: str | Path | None = None):
         if isinstance(source, onnx.ModelProto):
-            proto, self.path = source, None
-            validate_model(proto, proto.graph.name or "<model>", max_model_bytes)
+            # in-memory models follow the external-data folder rule too (base_dir; none: external data refused)
+            proto, self.path = validate_model(source, source.graph.name or "<model>", max_model_bytes,
+                                              base_dir=base_dir), None
         else:
             proto, self.path = load_model(source, max_model_bytes), Path(source)
         self.name = self.path.name if self.path else (proto.graph.name or "model")
@@ -108,12 +108,6 @@ class Model:
         self.layout = self._layout()
         self.n_classes = self.head.n_classes if self.head.n_classes is not None or self.head.kind == "nms" else \
             self._dim(self.head.logits, self.head.class_axis)
-        if self.head.kind in ("detection", "nms"):  # Grad-CAM's default layer: the neck, not the DFL/box branch
-            from onnxfix.heads import neck_layer
-
-            layer = neck_layer(self)
-            if layer is not None:
-                self.cache.get("token_auto_layer", lambda: layer)
         self.labels = find_labels(self.path, self.metadata, self.n_classes, labels_file)
         if self.labels is not None and self.n_classes is None:
             self.n_classes = len(self.labels)

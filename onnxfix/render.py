@@ -7,12 +7,14 @@ crash or Ctrl-C never leaves a half-written PNG, and an output path that is one 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, PngImagePlugin
 
-from onnxfix.io.atomic import write_atomic
+from onnxfix.io.atomic import write_atomic, write_new
 
 # A compact "turbo"-like colormap: anchors interpolated to 256 entries.
 _ANCHORS = np.array([
@@ -80,6 +82,29 @@ def panel(images: list[Image.Image], titles: list[str] | None = None, cols: int 
     return sheet
 
 
-def save_png(image: Image.Image, path: str | os.PathLike, protect: list[str | os.PathLike] = ()) -> Path:
-    """Write ``image`` atomically to ``path``; refuse to replace any file listed in ``protect`` (the inputs)."""
-    return write_atomic(path, lambda fh: image.save(fh, format="PNG"), protect=protect)
+def png_writer(image: Image.Image, text: dict[str, str] | None = None) -> Callable[[IO[Any]], None]:
+    """``write(file)`` for :mod:`onnxfix.io.atomic`: ``image`` as PNG, with optional tEXt entries."""
+    info = None
+    if text:
+        info = PngImagePlugin.PngInfo()
+        for k, v in text.items():
+            info.add_text(k, v)
+
+    def write(fh: IO[Any]) -> None:
+        image.save(fh, format="PNG", pnginfo=info)
+
+    return write
+
+
+def save_png(image: Image.Image, path: str | os.PathLike, protect: Iterable[str | os.PathLike] = (),
+             overwrite: bool = True) -> Path:
+    """Write ``image`` atomically to ``path``; refuse to replace any file listed in ``protect`` (the inputs), and
+    with ``overwrite=False`` any existing file."""
+    return write_atomic(path, png_writer(image), protect=protect, overwrite=overwrite)
+
+
+def save_png_new(image: Image.Image, candidates: Iterable[str | os.PathLike],
+                 protect: Iterable[str | os.PathLike] = (), overwrite: bool = False,
+                 used: set[Path] | None = None, text: dict[str, str] | None = None) -> Path:
+    """Write ``image`` under the first free name of ``candidates`` (:func:`onnxfix.io.atomic.write_new`)."""
+    return write_new(candidates, png_writer(image, text), protect=protect, overwrite=overwrite, used=used)

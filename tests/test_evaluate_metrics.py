@@ -48,7 +48,7 @@ def test_ranks_match_scipy_and_sklearn(seed):
 
 def test_registry_lists_every_family():
     assert set(METRICS) == {"pointing", "pointing_top5", "wsol", "mask", "faithfulness", "confidence", "deletion",
-                            "sanity"}
+                            "sanity", "road", "faithfulness_corr", "complexity", "robustness"}
 
 
 # -- pointing ------------------------------------------------------------------------------------------------------

@@ -203,8 +203,9 @@ def write_relevant(path: Path, classes: dict) -> Path:
 
 
 def test_relevant_view_picks_top_responding_filters_and_reduces_grid(resnet, tmp_path):
-    """The k relevant filters of the predicted class with the largest ‖A_j‖₂, each visualised; the stride-1 fix
-    cuts the energy at the stride lattice (the grid) by far, for guided backprop and for deconvnet."""
+    """The k relevant filters of the predicted class with the largest r = w ∘ x (Oramas et al. §3.2: weight times
+    the L1-normalised ‖A_j‖₂), each visualised; the stride-1 fix cuts the energy at the stride lattice (the grid) by
+    far, for guided backprop and for deconvnet."""
     img = SAMPLES / "resnet_shapes.png"
     mdl = resnet.model
     layer = "/layer2/Relu_1_output_0"
@@ -212,12 +213,15 @@ def test_relevant_view_picks_top_responding_filters_and_reduces_grid(resnet, tmp
     a = mdl.runtime.run({mdl.input: x}, [layer])[layer][0]
     norms = np.linalg.norm(a.reshape(a.shape[0], -1), axis=1)
     cand = [int(j) for j in np.argsort(norms)[::3][:8]]  # a mix of weak and strong filters
+    weights = {j: 1.0 / (1.0 + 0.5 * i) for i, j in enumerate(cand)}  # the strongest filters weigh least
     target = resnet.predict(img, k=1)[0]["index"]
     rel = write_relevant(tmp_path / "r.json", {str(target): [
-        {"layer": layer, "filter": j, "weight": 1.0 - 0.01 * i} for i, j in enumerate(cand)]})
+        {"layer": layer, "filter": j, "weight": weights[j]} for j in sorted(cand, key=lambda j: -weights[j])]})
     fv = F.relevant_filter_views(resnet, img, relevant=rel, k=3)
     assert fv.target == target and str(rel) in fv.source
-    want = sorted(cand, key=lambda j: -norms[j])[:3]
+    r = {j: weights[j] * norms[j] / norms.sum() for j in cand}
+    want = sorted(cand, key=lambda j: -r[j])[:3]
+    assert want != sorted(cand, key=lambda j: -norms[j])[:3]  # the weights matter in this case
     assert [v.filter for v in fv.views] == want
     assert [v.layer for v in fv.views] == [layer] * 3
     np.testing.assert_allclose([v.response for v in fv.views], norms[want], rtol=1e-5)

@@ -57,7 +57,7 @@ MAX_BYTES = 2 * 1024 * 1024
 ALLOWED_OPS = {
     "Conv", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm", "MatMul", "Add", "Mul",
     "Concat", "BatchNormalization", "HardSwish", "HardSigmoid", "Sigmoid", "Flatten", "Reshape",
-    "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather", "Split", "LSTM", "Constant", "Identity",
+    "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather", "Split", "LSTM", "Constant", "Identity", "ArgMax",
 }
 
 torch.set_num_threads(2)
@@ -108,8 +108,8 @@ def data_captions() -> dict:
         xtr, ytr, _ = D.make_captions(8000, seed=31)
         xte, yte, kept = D.make_captions(1000, seed=32, keep=200)
         _CACHE["captions"] = dict(xtr=xtr, ytr=ytr, xte=xte, yte=yte, kept=kept,
-                                  note=f"{len(ytr)} random 3-shape strips; held out: {len(yte)} others "
-                                       f"({3 * len(yte)} tokens)")
+                                  note=f"{len(ytr)} random {D.CAPTION_OBJECTS}-shape scenes; held out: {len(yte)} "
+                                       f"others ({D.CAPTION_OBJECTS * len(yte)} tokens)")
     return _CACHE["captions"]
 
 
@@ -167,13 +167,14 @@ SPECS = [
          epochs=6, lr=4e-3, seed=404, prefer="cross",
          required_ops={"Conv", "HardSwish", "HardSigmoid", "Mul", "GlobalAveragePool", "Gemm"}),
     Spec("captioner",
-         "CNN (4x Conv/Relu/MaxPool) -> Gemm image embedding -> Concat with one-hot step code, 3 steps -> "
-         "LSTM -> Gemm per step -> logits [1, 3, 4]",
-         "Captioner that names the three shapes in the strip from left to right: CNN image embedding "
-         "fed to an LSTM at every step together with a one-hot step code.",
-         "rgb", (48, 144), list(D.CAPTION_VOCAB), lambda: N.Captioner(len(D.CAPTION_VOCAB)), data_captions,
-         epochs=6, lr=3e-3, seed=505, dynamic=False, caption=True, min_acc=0.85,
-         required_ops={"Conv", "MaxPool", "Gemm", "LSTM", "Concat"}),
+         "Show-and-Tell-style: CNN (4x Conv/Relu/MaxPool) -> Gemm image embedding = LSTM input at step 0; "
+         "step 1's input = word embedding (Gather) of step 0's ArgMax; one LSTM op per step, state carried "
+         "Y_h/Y_c -> initial_h/initial_c; Gemm per step -> logits [1, 2, 4]",
+         "Captioner that names the two shapes in the scene from left to right: the CNN image embedding is "
+         "the LSTM's input at step 0, the previous word's embedding after (CNN Fixations III-D).",
+         "rgb", (48, 96), list(D.CAPTION_VOCAB), lambda: N.Captioner(len(D.CAPTION_VOCAB), D.CAPTION_OBJECTS),
+         data_captions, epochs=14, lr=3e-3, seed=505, dynamic=False, caption=True, min_acc=0.9,
+         required_ops={"Conv", "MaxPool", "Gemm", "LSTM", "ArgMax", "Gather"}),
 ]
 BY_NAME = {s.name: s for s in SPECS}
 
@@ -223,7 +224,7 @@ def train(spec: Spec, net: torch.nn.Module, d: dict, mean, std) -> None:
             idx = np.sort(perm[b * spec.bs:(b + 1) * spec.bs])
             xb = to_tensor(d["xtr"][idx], mean, std).contiguous(memory_format=torch.channels_last)
             yb = torch.from_numpy(d["ytr"][idx])
-            out = net(xb)
+            out = net(xb, yb) if spec.caption else net(xb)  # the captioner: teacher forcing
             loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -341,13 +342,13 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def pick_sample(spec: Spec, sess, d, mean, std) -> tuple[dict, bytes]:
-    """The held-out sample (of class spec.prefer if any; for the captioner, three different words)
+    """The held-out sample (of class spec.prefer if any; for the captioner, different words)
     that the exported model gets right most confidently (>= 0.9) through the app's own path:
     PNG bytes -> PIL -> resize -> normalise -> ONNX Runtime."""
     best: tuple[float, int, dict, bytes] | None = None
     for order, k in enumerate(d["kept"]):
         if spec.caption:
-            preferred = len(set(k["tokens"])) == 3
+            preferred = len(set(k["tokens"])) == len(k["tokens"])
         else:
             preferred = spec.prefer is None or spec.labels[k["index"]] == spec.prefer
         buf = io.BytesIO()
@@ -489,7 +490,7 @@ Files per model: `NAME.onnx`, `NAME.labels.txt` (one label per line), `NAME.png`
 at 2× the model's input size so the app's resize is exercised: the one of a chosen class that the
 exported model, fed through the app's preprocessing, gets right most confidently) and
 `NAME.json` (`label`, `index`, `boxes` as `[x0, y0, x1, y1]` in the PNG's pixels with x1/y1
-exclusive; the captioner adds `tokens` and lists the three boxes left to right).
+exclusive; the captioner adds `tokens` and lists the boxes in caption order, left to right).
 `build_info.json` holds the numbers of the table below in machine-readable form.
 
 Conventions: input `image` float32 NCHW, output `logits` (before softmax). Preprocessing (stored in
@@ -499,7 +500,7 @@ per channel. The models were trained on exactly that. A batch axis named `batch`
 the export then contains no `Shape` op; the captioner has batch 1. Only these ops appear: Conv,
 Relu, MaxPool, AveragePool, GlobalAveragePool, Gemm, MatMul, Add, Mul, Concat, BatchNormalization,
 HardSwish, HardSigmoid, Sigmoid, Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Slice, Gather,
-Split, LSTM, Constant, Identity (exported with the legacy TorchScript exporter, opset {OPSET},
+Split, LSTM, Constant, Identity, ArgMax (exported with the legacy TorchScript exporter, opset {OPSET},
 constant folding; ONNX Runtime matches torch to < 1e-4).
 
 | Model | What it is | Input → output | Ops in the graph (counts) | How it was trained | Held-out accuracy | Size |
@@ -510,8 +511,9 @@ Data: *digits* are sklearn's 8×8 `load_digits` images upscaled ×3 (24×24 at i
 at a random position into a dark 56×56 canvas with faint specks, scratches and noise; the held-out
 set uses digit images never seen in training. *shapes* is one filled shape (circle, square,
 triangle, cross, star) of random colour, size (18–33 px) and position on a random background with
-small blobs and lines of other colours plus pixel noise. *captioner* strips are 144×48 with one of
-circle/square/triangle/cross in each of three 48-px slots, jittered, with a few specks. All images
+small blobs and lines of other colours plus pixel noise. *captioner* scenes are 96×48 with one of
+circle/square/triangle/cross in each of two 48-px slots, jittered, named left to right (trained with
+teacher forcing, exported with greedy ArgMax feedback), with a few specks. All images
 are rendered at 2× and shrunk with PIL bilinear, exactly like the app shrinks the sample PNGs.
 """
     (OUT_DIR / "README.md").write_text(text)

@@ -154,29 +154,34 @@ def render_digit(digit8: np.ndarray, rng: np.random.Generator, size: int = 56):
 
 
 # ----------------------------------------------------------------------------------------- captions
-def render_caption(rng: np.random.Generator, h: int = 48, w: int = 144):
-    """Three shapes left to right, one per slot, jittered.  Returns (2x image, tokens, boxes)."""
+CAPTION_OBJECTS = 2  # objects per captioner scene = words per caption
+
+
+def render_caption(rng: np.random.Generator, h: int = 48, w: int = 96, n: int = CAPTION_OBJECTS):
+    """``n`` shapes, one per vertical slot of the strip (jittered inside it), named left to right.
+
+    Returns (2x image, tokens, boxes), tokens and boxes in caption order (left to right)."""
     h2, w2 = 2 * h, 2 * w
-    slot = w2 // 3
+    slot = w2 / n
     while True:
         bg = _hsv(rng.uniform(0, 1), rng.uniform(0.0, 0.3), rng.uniform(0.1, 0.9))
-        hues = rng.uniform(0, 1, size=3)
-        fgs = [_hsv(hh, rng.uniform(0.5, 1.0), rng.uniform(0.35, 1.0)) for hh in hues]
+        fgs = [_hsv(hh, rng.uniform(0.5, 1.0), rng.uniform(0.35, 1.0)) for hh in rng.uniform(0, 1, size=n)]
         if all(abs(_luma(f) - _luma(bg)) >= 55 for f in fgs):
             break
+    rs = rng.uniform(0.15, 0.24, size=n) * h2
+    cxs = np.array([rng.uniform(k * slot + r + 3, (k + 1) * slot - r - 3) for k, r in enumerate(rs)])
+    cys = [float(rng.uniform(r + 3, h2 - r - 3)) for r in rs]
     img = Image.new("RGB", (w2, h2), bg)
     draw = ImageDraw.Draw(img)
     _clutter(draw, rng, w2, h2, int(rng.integers(3, 9)), int(rng.integers(0, 3)), float(rng.uniform(0, 1)),
              (1.5, 4.0), (1, 2))
     toks, boxes = [], []
-    for k in range(3):
+    for k in np.argsort(cxs, kind="stable"):
         t = int(rng.integers(len(CAPTION_VOCAB)))
         kind = CAPTION_VOCAB[t]
-        r = float(rng.uniform(0.15, 0.24) * h2)
-        cx = float(rng.uniform(k * slot + r + 3, (k + 1) * slot - r - 3))
-        cy = float(rng.uniform(r + 3, h2 - r - 3))
         mask = Image.new("L", (w2, h2), 0)
-        draw_shape(draw, ImageDraw.Draw(mask), kind, cx, cy, r, _shape_angle(kind, rng), fgs[k])
+        draw_shape(draw, ImageDraw.Draw(mask), kind, float(cxs[k]), cys[k], float(rs[k]), _shape_angle(kind, rng),
+                   fgs[k])
         toks.append(t)
         boxes.append(list(mask.getbbox()))
     img = _noise(img, rng, 8)
@@ -222,13 +227,15 @@ def make_digits(images8: np.ndarray, targets: np.ndarray, copies: int, seed: int
     return x, y, kept
 
 
-def make_captions(n: int, seed: int, h: int = 48, w: int = 144, keep: int = 0):
+def make_captions(n: int, seed: int, h: int = 48, w: int = 96, keep: int = 0, objects: int = CAPTION_OBJECTS):
+    """n captioner scenes (uint8 NHWC at the input size) and their captions (n, objects); the first `keep` 2x
+    renders as dicts {"image", "tokens", "boxes"}."""
     rng = np.random.default_rng(seed)
     x = np.empty((n, h, w, 3), np.uint8)
-    y = np.empty((n, 3), np.int64)
+    y = np.empty((n, objects), np.int64)
     kept = []
     for i in range(n):
-        img, toks, boxes = render_caption(rng, h, w)
+        img, toks, boxes = render_caption(rng, h, w, objects)
         x[i], y[i] = shrink(img, w, h), toks
         if i < keep:
             kept.append({"image": img, "tokens": toks, "boxes": boxes})

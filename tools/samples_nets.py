@@ -163,38 +163,45 @@ class MobileShapes(nn.Module):
 
 # ----------------------------------------------------------------------------------------- captioner
 class Captioner(nn.Module):
-    """CNN -> image embedding (Gemm) -> LSTM over T steps -> Gemm per step -> logits [1, T, V].
+    """Show-and-Tell-style captioner (CNN Fixations §III-D): the image embedding is the LSTM's input at step 0, the
+    embedding of the word predicted at step t−1 its input at step t.
 
-    Step t's LSTM input is Concat(embedding, one-hot(t)); the sequence is built with cat/stack of
-    the very same embedding (exported as Unsqueeze/Concat, never Expand/Tile).  The initial states
-    are explicit zero buffers so the exporter needs no Shape-derived zeros.
+    CNN -> Gemm image embedding I -> LSTM step 0 (seq length 1, zero initial state) -> Gemm -> word 0;
+    ArgMax(word 0 logits) -> Gather(word embedding table) -> LSTM step 1 (initial state = step 0's Y_h/Y_c) -> ...
+    Each step is its own ONNX ``LSTM`` op (the decoder is unrolled because step t's input depends on step t−1's
+    output); the output stacks the steps' logits, [1, T, V]. The word is fed back as an index (ArgMax), so
+    no value of the image reaches step t through x_t: it arrives through m_{t−1} only, as in the paper.
+    Training uses teacher forcing (``words``: the true previous words); export and inference feed back the
+    greedy prediction. The initial states are an explicit zero buffer so the exporter needs no Shape-derived zeros.
     """
 
-    def __init__(self, vocab: int, steps: int = 3, emb: int = 128, hidden: int = 96):
+    def __init__(self, vocab: int, steps: int = 2, emb: int = 64, hidden: int = 64):
         super().__init__()
         self.steps, self.hidden, self.vocab = steps, hidden, vocab
         self.features = nn.Sequential(
-            nn.Conv2d(3, 12, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 48x144 -> 24x72
-            nn.Conv2d(12, 24, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # -> 12x36
-            nn.Conv2d(24, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # -> 6x18
-            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # -> 3x9
+            nn.Conv2d(3, 12, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 48x96 -> 24x48
+            nn.Conv2d(12, 24, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # -> 12x24
+            nn.Conv2d(24, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # -> 6x12
+            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # -> 3x6
         )
-        self.embed = nn.Linear(32 * 3 * 9, emb)
-        self.lstm = nn.LSTM(emb + steps, hidden, batch_first=True)
+        self.embed = nn.Linear(32 * 3 * 6, emb)
+        self.word = nn.Embedding(vocab, emb)
+        self.lstm = nn.LSTM(emb, hidden, batch_first=True)
         self.out = nn.Linear(hidden, vocab)
-        self.register_buffer("step_codes", torch.eye(steps).unsqueeze(1), persistent=False)  # [T,1,T]
         # persistent: exported as an initializer; a non-persistent zero constant gets Shape+Expand
         self.register_buffer("h0", torch.zeros(1, 1, hidden))
 
-    def forward(self, x):
+    def forward(self, x, words=None):
         b = int(x.shape[0])  # a Python constant while tracing: reshapes need no Shape op
-        e = F.relu(self.embed(torch.flatten(self.features(x), 1)))  # [B, E]
-        if b == 1:  # export / inference path: constants only, no Expand
-            seq = torch.stack([torch.cat([e, self.step_codes[t]], 1) for t in range(self.steps)], 1)
-            h0 = self.h0
-        else:  # training path (batches); same numbers
-            seq = torch.stack([torch.cat([e, self.step_codes[t].expand(b, -1)], 1)
-                               for t in range(self.steps)], 1)
-            h0 = self.h0.expand(1, b, self.hidden).contiguous()
-        y, _ = self.lstm(seq, (h0, h0))  # [B, T, H]
-        return self.out(y.reshape(b * self.steps, self.hidden)).reshape(b, self.steps, self.vocab)
+        inp = F.relu(self.embed(torch.flatten(self.features(x), 1)))  # [B, E]: the image embedding I
+        h = self.h0 if b == 1 else self.h0.expand(1, b, self.hidden).contiguous()
+        c = h
+        outs = []
+        for t in range(self.steps):
+            y, (h, c) = self.lstm(inp.unsqueeze(1), (h, c))  # one step: y [B, 1, H]
+            logit = self.out(y[:, 0])
+            outs.append(logit)
+            if t + 1 < self.steps:
+                prev = words[:, t] if words is not None else logit.argmax(-1)
+                inp = self.word(prev)
+        return torch.stack(outs, 1)  # [B, T, V]

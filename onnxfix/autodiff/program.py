@@ -76,12 +76,13 @@ def _evict(graph_id: int) -> None:
 
 
 def _symbolic_inputs(graph: Graph) -> bool:
-    """Whether a data input has a size beyond the batch axis that is not known statically."""
+    """Whether a data input has a size (the batch axis included: a batch-dynamic detector's Resize backward needs
+    it) that is not known statically."""
     for name in graph.inputs:
         t = graph.tensors.get(name)
         if name in graph.constants or t is None or t.shape is None:
             continue
-        if any(d is None for d in t.shape[1:]):
+        if any(d is None for d in t.shape):
             return True
     return False
 

@@ -8,6 +8,15 @@ Boxes are ``[x0, y0, x1, y1]`` in the image's pixels, x0/y0 inclusive, x1/y1 exc
 XML boxes are 1-based and inclusive (the VOC devkit's convention), so they become ``[xmin − 1, ymin − 1, xmax,
 ymax]``. Masks are PNGs of the image's size, nonzero = the object.
 
+**Frames.** Boxes and masks are in the image file's *stored* pixel grid (what ``Image.open`` gives, as in VOC,
+ImageNet and PIL's getbbox). The model sees the image upright (its EXIF orientation applied, as everywhere in
+onnxfix), so a box is turned into the upright frame at load time (``Item.boxes`` and ``Item.size`` are upright;
+``Item.orientation`` says how to turn the mask): the map and the boxes are always scored in one frame.
+
+Bounds: the annotation file must be a regular file of at most :data:`MAX_ANNOTATION_BYTES` (JSON nested at most
+:data:`onnxfix.io.files.MAX_JSON_DEPTH` levels; XML with entity declarations is refused); an image above
+:data:`onnxfix.io.image.MAX_PIXELS` is skipped from its header.
+
 Decisions: a bad row never stops the load — the image is *skipped* with a reason (:class:`Skipped`) and the rest
 is evaluated: a file that is missing, unreadable or outside the dataset folder; a box that is malformed, empty or
 not inside the image; a mask that is missing or of another size; a missing label. Labels are checked against the
@@ -19,15 +28,23 @@ WordNet id a label starts with (``n02123045 tabby, tabby cat``). Only the annota
 from __future__ import annotations
 
 import csv
-import json
+import math
 import re
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
 
-from onnxfix.errors import InputError
+from onnxfix.errors import InputError, printable
+from onnxfix.io import files as fileio
+from onnxfix.io import image as image_io
+
+#: Largest annotation file read (bytes).
+MAX_ANNOTATION_BYTES = 256 * 1024**2
+#: Largest XML annotation file read (bytes).
+MAX_XML_BYTES = 16 * 1024**2
 
 ANNOTATION_FILES = ("annotations.json", "annotations.csv")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".JPEG", ".JPG", ".PNG")
@@ -35,7 +52,8 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
 
 @dataclass(frozen=True)
 class Item:
-    """One annotated image: ``file`` as written (relative), ``path`` resolved, ``size`` (width, height)."""
+    """One annotated image: ``file`` as written (relative), ``path`` resolved, ``size`` (width, height) and
+    ``boxes`` in the upright frame (EXIF ``orientation`` applied; the mask file is turned when read)."""
 
     file: str
     path: Path
@@ -44,6 +62,7 @@ class Item:
     mask: Path | None = None
     accept: list[int] = field(default_factory=list)
     size: tuple[int, int] = (0, 0)
+    orientation: int = 1
 
 
 @dataclass(frozen=True)
@@ -92,7 +111,45 @@ def _label(v: object) -> int | str | None:
     if isinstance(v, float) and v.is_integer():
         return int(v)
     s = str(v).strip()
-    return int(s) if re.fullmatch(r"-?\d+", s) else s
+    if re.fullmatch(r"-?[0-9]{1,18}", s):
+        return int(s)
+    return None if re.fullmatch(r"-?[0-9]+", s) else s  # a 19+-digit index is no class
+
+
+def _coord(v: object) -> float:
+    """One box coordinate: a number, or the text of one (a CSV cell); never a bool, never a character of a
+    string (``"boxes": ["0355"]`` used to be read as [0, 3, 5, 5])."""
+    if isinstance(v, bool):
+        raise ValueError(v)
+    if isinstance(v, int | float):
+        f = float(v)
+    elif isinstance(v, str) and re.fullmatch(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?\s*", v):
+        f = float(v)
+    else:
+        raise ValueError(v)
+    if not math.isfinite(f):
+        raise ValueError(v)
+    return f
+
+
+def _box(b: object) -> list[float] | None:
+    if not isinstance(b, list | tuple) or len(b) != 4:
+        return None
+    try:
+        return [_coord(v) for v in b]
+    except ValueError:
+        return None
+
+
+def _open_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the header, Pillow's warnings silenced and the pixel limit applied."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(path) as im:
+            w, h = int(im.size[0]), int(im.size[1])
+    if w * h > image_io.MAX_PIXELS:
+        raise ValueError(f"image is {w}×{h} pixels, above the limit of {image_io.MAX_PIXELS}")
+    return w, h
 
 
 def _check(folder: Path, raw: dict, where: str) -> Item | Skipped:
@@ -106,21 +163,22 @@ def _check(folder: Path, raw: dict, where: str) -> Item | Skipped:
     if not path.is_file():
         return Skipped(file, "image file not found", where)
     try:
-        with Image.open(path) as im:
-            size = (int(im.size[0]), int(im.size[1]))
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        size = _open_size(path)
+    except ValueError as exc:
+        return Skipped(file, f"unreadable image ({exc})", where)
+    except (OSError, Image.DecompressionBombError, SyntaxError, EOFError) as exc:
         return Skipped(file, f"unreadable image ({exc.__class__.__name__})", where)
     label = _label(raw.get("label"))
     if label is None:
         return Skipped(file, "no label", where)
     boxes: list[list[float]] = []
-    for b in raw.get("boxes") or []:
-        try:
-            bb = [float(v) for v in b]
-        except (TypeError, ValueError):
-            return Skipped(file, f"box {b!r} is not four numbers", where)
-        if len(bb) != 4:
-            return Skipped(file, f"box {b!r} is not four numbers", where)
+    raw_boxes = raw.get("boxes") or []
+    if not isinstance(raw_boxes, list | tuple):
+        return Skipped(file, f"boxes {printable(repr(raw_boxes))[:60]} is not a list of boxes", where)
+    for b in raw_boxes:
+        bb = _box(b)
+        if bb is None:
+            return Skipped(file, f"box {printable(repr(b))[:60]} is not four finite numbers", where)
         x0, y0, x1, y1 = bb
         if not (x1 > x0 and y1 > y0):
             return Skipped(file, f"box {bb} is empty (need x0 < x1 and y0 < y1)", where)
@@ -135,26 +193,30 @@ def _check(folder: Path, raw: dict, where: str) -> Item | Skipped:
         if not mask.is_file():
             return Skipped(file, f"mask {raw['mask']} not found", where)
         try:
-            with Image.open(mask) as mi:
-                msize = mi.size
-        except (OSError, ValueError) as exc:
+            msize = _open_size(mask)
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError, EOFError) as exc:
             return Skipped(file, f"unreadable mask {raw['mask']} ({exc.__class__.__name__})", where)
         if tuple(msize) != size:
             return Skipped(file, f"mask {raw['mask']} is {msize[0]}×{msize[1]}, the image {size[0]}×{size[1]}",
                            where)
     accept = []
-    for a in raw.get("accept") or []:
-        if isinstance(a, bool) or not isinstance(a, int | str) or not str(a).lstrip("-").isdigit():
-            return Skipped(file, f"accept entry {a!r} is not a class index", where)
-        accept.append(int(a))
-    return Item(file=file, path=path, label=label, boxes=boxes, mask=mask, accept=accept, size=size)
+    raw_accept = raw.get("accept") or []
+    if not isinstance(raw_accept, list | tuple):
+        return Skipped(file, "accept is not a list of class indices", where)
+    for a in raw_accept:
+        if isinstance(a, bool) or not isinstance(a, int | str) or not re.fullmatch(r"-?[0-9]{1,18}", str(a).strip()):
+            return Skipped(file, f"accept entry {printable(repr(a))[:40]} is not a class index", where)
+        accept.append(int(str(a).strip()))
+    orientation = image_io.exif_orientation(path)
+    if orientation != 1:  # boxes are given in the stored frame; the model (and the map) see the upright one
+        boxes = [image_io.orient_box(b, orientation, size) for b in boxes]
+        size = image_io.oriented_size(size, orientation)
+    return Item(file=file, path=path, label=label, boxes=boxes, mask=mask, accept=accept, size=size,
+                orientation=orientation)
 
 
 def _read_json(folder: Path, path: Path) -> tuple[list[tuple[dict, str]], list[str] | None]:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the annotations ({exc})") from None
+    obj = fileio.read_json(path, "annotations", MAX_ANNOTATION_BYTES)
     if isinstance(obj, list):
         obj = {"images": obj}
     if not isinstance(obj, dict) or not isinstance(obj.get("images"), list):
@@ -163,15 +225,14 @@ def _read_json(folder: Path, path: Path) -> tuple[list[tuple[dict, str]], list[s
     classes = [str(c) for c in classes] if isinstance(classes, list) else None
     rows = []
     for i, r in enumerate(obj["images"]):
+        if isinstance(r, dict) and not isinstance(r.get("file"), str | type(None)):
+            r = {"file": None}
         rows.append((r if isinstance(r, dict) else {"file": None}, f"images[{i}]"))
     return rows, classes
 
 
 def _read_csv(folder: Path, path: Path) -> list[tuple[dict, str]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the annotations ({exc})") from None
+    text = fileio.read_text(path, "annotations", MAX_ANNOTATION_BYTES)
     reader = csv.DictReader(text.splitlines())
     if not reader.fieldnames or "file" not in reader.fieldnames or "label" not in reader.fieldnames:
         raise InputError(f"{path}: the header must be file,label,x0,y0,x1,y1,mask")
@@ -207,8 +268,11 @@ def _read_xml(folder: Path, files: list[Path]) -> list[tuple[dict, str]]:
     for xml in files:
         where = str(xml.relative_to(folder))
         try:
-            root = ET.parse(xml).getroot()
-        except (ET.ParseError, OSError) as exc:
+            data = fileio.read_bytes(xml, "annotation", MAX_XML_BYTES)
+            if b"<!ENTITY" in data or b"<!entity" in data:
+                raise ValueError("entity declarations are refused")
+            root = ET.fromstring(data)
+        except (ET.ParseError, OSError, InputError, ValueError) as exc:
             rows.append(({"file": where, "label": None, "_error": f"unreadable XML ({exc})"}, where))
             continue
         filename = (root.findtext("filename") or xml.stem).strip()
@@ -242,10 +306,10 @@ def load_dataset(folder: str | Path) -> Dataset:
     if not root.is_dir():
         raise InputError(f"{folder}: dataset folder not found")
     classes = None
-    if (root / "annotations.json").is_file():
+    if (root / "annotations.json").exists():
         rows, classes = _read_json(root, root / "annotations.json")
         fmt = "json"
-    elif (root / "annotations.csv").is_file():
+    elif (root / "annotations.csv").exists():
         rows, fmt = _read_csv(root, root / "annotations.csv"), "csv"
     else:
         xmls = sorted(p for p in root.rglob("*.xml") if p.is_file())

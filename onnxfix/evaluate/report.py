@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ def table(summary: dict[str, dict[str, Any]], metrics: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(rows: Sequence[dict], metrics: Sequence[str], path: Path) -> None:
+def write_csv(rows: Sequence[dict], metrics: Sequence[str], path: Path, protect: Iterable[str | Path] = ()) -> None:
     """Per-image rows flattened to CSV (one column per value), written atomically."""
     names = value_names(metrics)
     buf = io.StringIO()
@@ -52,7 +52,7 @@ def write_csv(rows: Sequence[dict], metrics: Sequence[str], path: Path) -> None:
         w.writerow([r.get("model"), r.get("method"), r.get("image"), r.get("label"), r.get("predicted"),
                     r.get("seconds"), r.get("error") or "",
                     *["" if vals.get(n) is None else f"{vals[n]:.6g}" for n in names]])
-    write_text_atomic(path, buf.getvalue())
+    write_text_atomic(path, buf.getvalue(), protect=protect)
 
 
 def chart(summary: dict[str, dict[str, Any]], metrics: Sequence[str], title: str = "") -> Image.Image:

@@ -6,8 +6,11 @@ Decisions (docs/evaluation.md collects them):
 * **Which map.** Localisation, faithfulness, confidence, deletion and sanity metrics use the map for the
   *ground-truth* class (the Grad-CAM paper's pointing and WSOL GT-known protocol); WSOL top-1/top-5 errors use the
   maps of the *predicted* classes (ILSVRC). Maps are cached per (image, method, class).
-* **Frames.** Region metrics (pointing, boxes, masks) use ``Explanation.heatmap`` on the image's own pixels, and
-  ``Explanation.box`` (made from the same inliers/threshold the CLI draws). Perturbation metrics and rank
+* **Frames.** Region metrics (pointing, boxes, masks) use ``Explanation.heatmap`` on the image's own pixels, upright
+  (EXIF orientation applied; the dataset's boxes and masks are turned into that frame, :mod:`.dataset`). Box
+  metrics (WSOL, the box variant of confidence) use Grad-CAM's *largest-component* box of the heatmap (§4), the
+  rule its localisation numbers are defined with (:func:`metric_box`); fixations keep their inlier box. The box
+  the CLI draws holds the map's peak instead (:func:`onnxfix.maps.heatmap_box`). Perturbation metrics and rank
   correlations work at the model input's resolution: the heatmap is resized to it; the perturbed inputs are
   batched through ONNX Runtime (a fixed batch-1 export gets the batch-dynamic copy of
   :func:`onnxfix.methods.occlusion.batched_runtime`).
@@ -25,19 +28,19 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from onnxfix import maps
-from onnxfix.errors import InputError, OnnxfixError
+from onnxfix.errors import InputError, OnnxfixError, printable
 from onnxfix.evaluate.dataset import Item
 from onnxfix.evaluate.metrics import METRICS, wsol
 from onnxfix.evaluate.metrics import confidence as conf
@@ -48,8 +51,9 @@ from onnxfix.evaluate.metrics import sanity as san
 from onnxfix.evaluate.metrics.faithfulness import faithfulness
 from onnxfix.evaluate.metrics.ranks import spearman
 from onnxfix.io.atomic import write_atomic
-from onnxfix.io.image import decode_image
+from onnxfix.io.image import decode_image, orient_image
 from onnxfix.model import softmax
+from onnxfix.pipeline import Progress as _Progress
 
 
 @dataclass
@@ -64,32 +68,7 @@ class Settings:
     seed: int = 0
 
 
-@dataclass
-class Progress:
-    """A minimal stderr progress bar (shown when ``enabled``)."""
-
-    total: int
-    enabled: bool
-    stream: TextIO = field(default_factory=lambda: sys.stderr)
-    done: int = 0
-    t0: float = field(default_factory=time.perf_counter)
-
-    def step(self, text: str = "") -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        width = 30
-        frac = self.done / max(1, self.total)
-        bar = "#" * int(round(frac * width))
-        el = time.perf_counter() - self.t0
-        eta = el / self.done * (self.total - self.done) if self.done else 0.0
-        self.stream.write(f"\r[{bar:<{width}}] {self.done}/{self.total} {el:5.0f}s eta {eta:4.0f}s {text[:40]:<40}")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+Progress = _Progress  # one progress bar for every command (onnxfix.pipeline.Progress)
 
 
 def strength(e: Any) -> float:
@@ -98,6 +77,13 @@ def strength(e: Any) -> float:
         return float(len(e.points))
     a = np.asarray(e.attribution)
     return float(np.abs(a).max()) if a.size and np.issubdtype(a.dtype, np.number) else 0.0
+
+
+def metric_box(e: Any) -> list[float] | None:
+    """The box the box metrics score: the fixations' inlier box, else Grad-CAM's largest component (§4)."""
+    if e.points is not None:
+        return e.box
+    return maps.heatmap_box(e.heatmap, rule="largest")
 
 
 def _finite(v: float) -> float | None:
@@ -211,10 +197,10 @@ class Evaluator:
                 v["pointing_top5"] = None
         if "wsol" in ms:
             if gt_boxes:
-                b = wsol.exclusive(e.box)
+                b = wsol.exclusive(metric_box(e))
                 v["box_iou"] = wsol.best_iou(b, gt_boxes)
                 v["loc_gt_known"] = float(v["box_iou"] >= wsol.IOU_CORRECT)
-                guesses = [(c, wsol.exclusive(self._explain(image, method, c).box)) for c in top5]
+                guesses = [(c, wsol.exclusive(metric_box(self._explain(image, method, c)))) for c in top5]
                 v["loc_top1_error"] = wsol.localisation_error(guesses, gt_boxes, present, 1)
                 v["loc_top5_error"] = wsol.localisation_error(guesses, gt_boxes, present, 5)
             else:
@@ -239,9 +225,10 @@ class Evaluator:
         if "confidence" in ms:
             y = float(softmax(e.scores)[label])
             box_in = None
-            if e.box is not None:
+            mbox = metric_box(e)
+            if mbox is not None:
                 sx, sy = in_hw[1] / iw, in_hw[0] / ih
-                b = wsol.exclusive(e.box)
+                b = wsol.exclusive(mbox)
                 box_in = [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy]
             keeps = [conf.top_fraction_mask(heat_in, self.s.top_fraction), conf.box_mask(in_hw, box_in)]
             o = conf.keep_region_scores(x, keeps, f, baseline, layout)  # type: ignore[arg-type]
@@ -270,6 +257,12 @@ class Evaluator:
                     v[name] = spearman(heat_in, maps.resize_map(er.heatmap, in_hw))
                 except OnnxfixError:
                     v[name] = None
+        from onnxfix.evaluate.metrics.context import MetricContext, computed_values, map_explainer
+
+        v.update(computed_values(self.metrics, lambda: MetricContext(
+            x=x, heatmap=heat_in, label=label, score_fn=f or self.score_fn(x, label, e.step),
+            explain_fn=map_explainer(self.ex, method, label, in_hw), layout=layout,
+            seed=zlib.crc32(item.file.encode()) + self.s.seed)))
         self._cache = {}
         return {k: _finite(val) if val is not None else None for k, val in v.items()}, predicted
 
@@ -277,10 +270,13 @@ class Evaluator:
     def _region(item: Item, hw: tuple[int, int]) -> tuple[np.ndarray, list[list[float]]]:
         region = np.zeros(hw, bool)
         if item.mask is not None:
-            with Image.open(item.mask) as mi:
-                m = np.asarray(mi)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(item.mask) as mi:
+                    m = np.asarray(orient_image(mi, getattr(item, "orientation", 1)))
             if m.shape[:2] != tuple(hw):
-                raise InputError(f"{item.mask}: mask is {m.shape[1]}×{m.shape[0]}, the image {hw[1]}×{hw[0]}")
+                raise InputError(f"{printable(str(item.mask))}: mask is {m.shape[1]}×{m.shape[0]}, the image "
+                                 f"{hw[1]}×{hw[0]}")
             region = (m[..., :3] != 0).any(axis=-1) if m.ndim == 3 else m != 0
         else:
             for b in item.boxes:
@@ -320,9 +316,9 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder."""
-    write_atomic(path, lambda fh: fh.write(text), binary=False)
+def write_text_atomic(path: Path, text: str, protect: Iterable[str | Path] = ()) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder (never over a ``protect`` file)."""
+    write_atomic(path, lambda fh: fh.write(text), binary=False, protect=protect)
 
 
 def run(explainer: Any, model_name: str, items: Sequence[Item], methods: Sequence[str], metrics: Sequence[str],

@@ -16,10 +16,12 @@ Decisions (the paper and the issue leave them open):
   other activations in the layer set to zero"; the whole map shows everything the filter saw in this image, which
   is what an explanation needs). ``seed="max"`` starts from the single strongest activation instead (a one-hot at
   the argmax of A_Lj, with its value) — Zeiler & Fergus's per-activation view.
-* **Top-responding relevant filters.** Among the explained class's relevant filters (the ``<model stem>.interpret.json``
-  beside the model, or ``relevant=``: a path or the loaded dict), the ``k`` (default 4) with the largest response
-  ``‖A_Lj‖₂`` — the paper's filter response — on this image; ties keep the file's order (weight, descending).
-  ``layer=`` keeps only that layer's filters. The class is the top class unless ``target`` is given.
+* **Top-responding relevant filters** (§3.2). Among the explained class's relevant filters (the
+  ``<model stem>.interpret.json`` beside the model, or ``relevant=``: a path or the loaded dict), the ``k`` (default
+  4) with the largest ``r_j = w_j ∘ x_i``: the lasso weight times the image's response computed as at training time
+  (``‖A_Lj‖₂`` L1-normalised over layer L, :func:`onnxfix.interpret.relevant.contributions`); ties keep the file's
+  order (weight, descending). ``layer=`` keeps only that layer's filters. The class is the top class unless
+  ``target`` is given. (Before issue 16 the ranking used ``‖A_Lj‖₂`` alone, which ignores the weights.)
 * **Without an interpretation file** (or when the class has no relevant filters) the view falls back to the
   channels of ``layer`` (default: Grad-CAM's layer) with the largest ``α_j · ‖A_j‖₂`` — Grad-CAM's weight for the
   class times the response — and says so in its title and in :attr:`FilterViews.source`.
@@ -293,6 +295,7 @@ def relevant_filter_views(explainer: Any, image: Any, target: int | str | None =
         if not candidates:
             where = f" in layer {layer!r}" if want is not None else ""
             source = f"{source} has no relevant filters for class {tgt.index}{where}; fallback: "
+    from_file = bool(candidates)
     if not candidates:  # Grad-CAM's α at the layer, from the tail of the model (as the gradcam method does)
         from onnxfix.methods.gradients import run_gradients, tail
 
@@ -316,7 +319,17 @@ def relevant_filter_views(explainer: Any, image: Any, target: int | str | None =
     hw = (int(x.shape[1]), int(x.shape[2])) if mdl.layout == "nhwc" else (int(x.shape[2]), int(x.shape[3]))
     period = {n: layer_period(hw, tuple(acts[n].shape[2:4])) for n in layers}
     views = []
-    for c in top_responding(candidates, acts, k):
+    if from_file:  # §3.2: r = w ∘ x
+        from onnxfix.interpret.relevant import contributions
+
+        r = contributions(candidates, acts)
+        order = np.argsort(-r, kind="stable")[:k]
+        chosen = [{**candidates[i], "contribution": float(r[i]),
+                   "response": float(np.linalg.norm(np.asarray(acts[candidates[i]["layer"]][0, candidates[i]["filter"]],
+                                                               np.float64)))} for i in order]
+    else:
+        chosen = top_responding(candidates, acts, k)
+    for c in chosen:
         t1 = time.perf_counter()
         grads = visualise_filter(explainer, x, c["layer"], c["filter"], acts[c["layer"]], variants, seed)
         grid = {kk: grid_energy(magnitude(g), period[c["layer"]]) for kk, g in grads.items()}

@@ -484,6 +484,38 @@ def relevant_filters(relevant: dict[str, Any], class_index: int, top: int | None
     return entries if top is None else entries[: max(0, int(top))]
 
 
+def contributions(entries: list[dict[str, Any]], acts: dict[str, np.ndarray], item: int = 0) -> np.ndarray:
+    """``r = w ∘ x`` (§3.2) for relevant-filter entries ``{"layer", "filter", "weight"}``.
+
+    Parameters
+    ----------
+    entries : list of dict
+        Relevant filters of one class (``layer`` must be a key of ``acts``).
+    acts : dict
+        Layer tensor → activation (N, C, h, w) of the image.
+    item : int
+        The batch item.
+
+    Returns
+    -------
+    numpy.ndarray
+        One contribution per entry: its weight times its response, the response being the filter's L2 norm
+        L1-normalised over its layer — the training-time ``x_i`` (:func:`relevant.channel_responses`).
+    """
+    x = {name: channel_responses([np.asarray(acts[name][item:item + 1])])[0]
+         for name in dict.fromkeys(e["layer"] for e in entries)}
+    return np.array([float(e["weight"]) * float(x[e["layer"]][int(e["filter"])]) for e in entries], np.float64)
+
+
+def strongest(entries: list[dict[str, Any]], acts: dict[str, np.ndarray], k: int, item: int = 0
+              ) -> list[dict[str, Any]]:
+    """The ``k`` entries with the largest positive ``r = w ∘ x`` (§3.2), largest first (ties: file order); each
+    returned dict gains ``contribution``."""
+    r = contributions(entries, acts, item)
+    order = [i for i in np.argsort(-r, kind="stable") if r[i] > 0][: max(0, int(k))]
+    return [{**entries[i], "contribution": float(r[i])} for i in order]
+
+
 def build_record(model_path: str, mu: float, form: str, layers: Sequence[str], dataset: str, n_images: int,
                  classes: dict[str, list[dict[str, Any]]], **extra: Any) -> dict[str, Any]:
     """The JSON object of the module docstring."""

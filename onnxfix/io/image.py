@@ -272,13 +272,59 @@ def to_tensor(image: Image.Image, spec: Preprocess) -> np.ndarray:
     return np.ascontiguousarray(a[None].astype(spec.dtype))
 
 
+#: Bytes per input element that preprocessing holds at its peak: the resized uint8 image, three float32
+#: working copies (convert, normalise, transpose) and the result.
+PREPROCESS_BYTES_PER_ELEMENT = 1 + 3 * 4
+
+
+def preprocess_bytes(spec: Preprocess) -> int:
+    """Peak bytes that preprocessing one image to ``spec`` allocates (input H × W × channels)."""
+    return int(spec.height) * int(spec.width) * spec.n_channels * (
+        PREPROCESS_BYTES_PER_ELEMENT + np.dtype(spec.dtype).itemsize)
+
+
+def default_memory_budget() -> int | None:
+    """The default memory budget in bytes: ``onnxfix.runtime.MEMORY_FRACTION`` of the available memory."""
+    from onnxfix import runtime
+
+    avail = runtime.available_memory()
+    return None if avail is None else int(avail * runtime.MEMORY_FRACTION)
+
+
+def check_input_size(spec: Preprocess, budget: int | None = None, what: str = "the model input") -> None:
+    """Refuse a declared input size whose preprocessing alone would exceed the memory budget — before any pixel is
+    resized (a 1 KB model declaring a 16384² input made a 30×20 photo take 20 GB and 100 s).
+
+    Parameters
+    ----------
+    spec : Preprocess
+        The preprocessing (size, channels, dtype).
+    budget : int, optional
+        Bytes (``--memory-budget-mb``, ``Explainer(memory_budget_mb=)``); default :func:`default_memory_budget`.
+
+    Raises
+    ------
+    InputError
+        Naming the size, the bytes, the budget and the flags that change them.
+    """
+    budget = default_memory_budget() if budget is None else int(budget)
+    need = preprocess_bytes(spec)
+    if budget is not None and need > budget:
+        raise InputError(f"{what} is {spec.height}×{spec.width}×{spec.n_channels} {spec.dtype}: preprocessing one "
+                         f"image needs about {need / 1024**2:.1f} MB, above the memory budget of "
+                         f"{budget / 1024**2:.1f} MB; give a smaller size with --size H W or raise "
+                         "--memory-budget-mb")
+
+
 def prepare(
     source: str | os.PathLike | Image.Image | np.ndarray, spec: Preprocess, input_shape: tuple[int | None, ...],
-    max_pixels: int | None = None,
+    max_pixels: int | None = None, memory_budget: int | None = None,
 ) -> tuple[np.ndarray, Frame, Image.Image | None]:
     """Turn a user input into (model tensor, frame, the decoded image or None for preprocessed arrays).
 
-    ``max_pixels`` bounds a decoded image (see :func:`decode_image`)."""
+    ``max_pixels`` bounds a decoded image (see :func:`decode_image`); ``memory_budget`` (bytes, default
+    :func:`default_memory_budget`) bounds what preprocessing to the model's size allocates
+    (:func:`check_input_size`), checked before the image is decoded."""
     if isinstance(source, np.ndarray) and source.dtype != np.uint8 and source.ndim == len(input_shape):
         arr = np.asarray(source, dtype=np.float32)
         if arr.ndim == 4 and arr.shape[0] != 1:
@@ -290,7 +336,51 @@ def prepare(
             raise InputError("preprocessed array contains NaN or Inf")
         hw = (arr.shape[2], arr.shape[3]) if spec.layout == "nchw" else (arr.shape[1], arr.shape[2])
         return np.ascontiguousarray(arr), Frame(hw, hw), None
+    check_input_size(spec, memory_budget)
     image = decode_image(source, max_pixels)
     tensor = to_tensor(image, spec)
     frame = Frame((spec.height, spec.width), (image.size[1], image.size[0]))
     return tensor, frame, image
+
+
+# -- EXIF orientation: the stored pixel frame vs the upright frame the model sees ------------------------------------
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
+def exif_orientation(path: str | os.PathLike) -> int:
+    """The EXIF orientation (1..8) that :func:`decode_image` applies to ``path``; 1 when there is none (or it is
+    unreadable, as :func:`decode_image` then keeps the stored frame)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                o = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - no readable EXIF: the stored frame
+        return 1
+    return int(o) if isinstance(o, int) and 1 <= o <= 8 else 1
+
+
+def orient_image(im: Image.Image, orientation: int) -> Image.Image:
+    """``im`` (e.g. a mask in the stored frame) turned like an image with this EXIF orientation."""
+    t = _TRANSPOSE.get(int(orientation))
+    return im if t is None else im.transpose(t)
+
+
+def orient_box(box: list[float], orientation: int, size: tuple[int, int]) -> list[float]:
+    """A box [x0, y0, x1, y1] (edges; x1/y1 exclusive) in the stored frame of a ``size`` = (W, H) image → the same
+    pixels' box in the upright frame that EXIF orientation ``orientation`` gives."""
+    w, h = float(size[0]), float(size[1])
+    f = {1: lambda x, y: (x, y), 2: lambda x, y: (w - x, y), 3: lambda x, y: (w - x, h - y),
+         4: lambda x, y: (x, h - y), 5: lambda x, y: (y, x), 6: lambda x, y: (h - y, x),
+         7: lambda x, y: (h - y, w - x), 8: lambda x, y: (y, w - x)}[int(orientation) if 1 <= int(orientation) <= 8
+                                                                     else 1]
+    x0, y0, x1, y1 = (float(v) for v in box)
+    pts = [f(x0, y0), f(x1, y1)]
+    return [min(p[0] for p in pts), min(p[1] for p in pts), max(p[0] for p in pts), max(p[1] for p in pts)]
+
+
+def oriented_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    """(W, H) of the upright image."""
+    return (size[1], size[0]) if int(orientation) in (5, 6, 7, 8) else (size[0], size[1])

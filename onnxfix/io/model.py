@@ -256,19 +256,57 @@ def load_model(path: str | os.PathLike, max_bytes: int | None = None) -> onnx.Mo
             external_data_helper.load_external_data_for_model(model, str(p.parent))
         except Exception as exc:  # noqa: BLE001 - any failure here is a bad input
             raise InputError(f"{label}: cannot read external data ({exc})") from None
-    validate(model, label, max_bytes)
-    return model
+    return validate(model, label, max_bytes)
 
 
-def validate(model: onnx.ModelProto, label: str = "<model>", max_bytes: int | None = None) -> None:
+def _has_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in external_data_helper._get_all_tensors(model))
+
+
+def validate(model: onnx.ModelProto, label: str = "<model>", max_bytes: int | None = None,
+             base_dir: str | os.PathLike | None = None) -> onnx.ModelProto:
     """The checks :func:`load_model` runs after parsing, for a ``ModelProto`` that arrives in memory: text fields
-    are UTF-8, tensor data matches declared shapes within ``max_bytes``, standard ops match their schema."""
+    are UTF-8, tensor data matches declared shapes within ``max_bytes``, standard ops match their schema.
+
+    External data follows the rule of files (:func:`check_external_data`): its locations must lie inside
+    ``base_dir``, the folder the model came from. Without ``base_dir`` a model with external data is refused — it
+    would otherwise be read relative to whatever the current folder is.
+
+    Returns
+    -------
+    onnx.ModelProto
+        ``model`` itself, or, when it has external data, a copy with that data loaded (``model`` is not changed).
+    """
+    max_bytes = MAX_MODEL_BYTES if max_bytes is None else int(max_bytes)
+    if _has_external_data(model):
+        if base_dir is None:
+            t = next(t for t in external_data_helper._get_all_tensors(model)
+                     if t.data_location == onnx.TensorProto.EXTERNAL)
+            raise InputError(f"{label}: tensor {t.name!r} keeps its data in an external file "
+                             f"({_external_location(t)!r}) and this model came from memory, so there is no folder to "
+                             "read it from; load the model from its file, or pass the folder (base_dir=)")
+        root = Path(base_dir)
+        if not root.is_dir():
+            raise InputError(f"{label}: base folder {str(base_dir)!r} for the external data is not a folder")
+        files = check_external_data(model, root, label)
+        total = model.ByteSize() + sum(f.stat().st_size for f in set(files))
+        if total > max_bytes:
+            raise InputError(f"{label}: model plus external data is {total} bytes, above the limit of {max_bytes} "
+                             "bytes (raise it with --max-model-mb or Explainer(max_model_mb=...))")
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        try:
+            external_data_helper.load_external_data_for_model(copy, str(root))
+        except Exception as exc:  # noqa: BLE001 - any failure here is a bad input
+            raise InputError(f"{label}: cannot read external data ({exc})") from None
+        model = copy
     bad = _non_utf8_field(model)
     if bad:
         raise InputError(f"{label}: not a valid ONNX model (field {bad} holds bytes that are not UTF-8 text)")
     check_tensors(model, label, max_bytes)
     check_node_attributes(model, label)
     _negative_dims_to_symbolic(model)
+    return model
 
 
 def _negative_dims_to_symbolic(model: onnx.ModelProto) -> None:

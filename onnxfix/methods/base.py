@@ -223,6 +223,12 @@ class Method:
     engine: ClassVar[str] = "forward"  # "fixations", "autodiff" or "forward"
     kind: ClassVar[str] = "map"
     Options: ClassVar[type] = NoOptions
+    #: runs many rows per image (samples, masks, steps) through the model's batch-dynamic form; where the model has
+    #: none (:meth:`Model.batch_model` is None) the method does not apply
+    needs_batch: ClassVar[bool] = False
+    #: masks or ablates a 4-D feature map and runs the tail on it: does not apply where the (auto) layer is a token
+    #: layer (N, T, C)
+    needs_map_layer: ClassVar[bool] = False
     #: a method whose ``explain`` takes free-form ``**options`` and validates them itself (older methods); new
     #: methods declare ``Options`` instead
     free_options: ClassVar[bool] = False

@@ -63,6 +63,15 @@ def _feature_maps(model: Model) -> list[str]:
 
 def auto_layer(model: Model) -> str:
     """The default layer: the last block's first LayerNorm for a transformer, else the last feature map."""
+    if model.head.kind in ("detection", "nms"):  # a detector: the neck's finest map, never the DFL / box branch
+        from onnxfix.heads import neck_layer
+
+        neck = model.cache.get("neck_layer", lambda: neck_layer(model))
+        if neck is not None:
+            return neck
+    token = model.cache.get("token_auto_layer", lambda: _token_auto_layer(model))
+    if token is not None:
+        return token
     maps = feature_maps(model)
     if not maps:
         raise InputError("no 4-D feature map with spatial extent lies between the input and the output; "

@@ -492,8 +492,13 @@ def _cli_cases() -> list[Case]:
                   argv=lambda f, m, i: [str(m), str(i), "--std", "0", "1", "1", "--out", str(f / "out")]))
     cs.append(cli("cli-model-is-directory", 2, "not a regular file",
                   argv=lambda f, m, i: [str(f), str(i), "--out", str(f / "out")]))
-    cs.append(cli("cli-image-is-directory", 2, "not a regular file",
-                  argv=lambda f, m, i: [str(m), str(f), "--out", str(f / "out")]))
+    def image_folder_without_images(folder, m, img):
+        (folder / "empty").mkdir()
+        (folder / "empty" / "notes.txt").write_text("x")
+        return [str(m), str(folder / "empty"), "--out", str(folder / "out")]
+
+    # a folder is an input since issue #10 (walked for image files); one without any is refused
+    cs.append(cli("cli-image-is-directory", 2, "holds no image files", argv=image_folder_without_images))
     cs.append(cli("cli-image-missing", 2, "ghost.png", "no such",
                   argv=lambda f, m, i: [str(m), str(f / "ghost.png"), "--out", str(f / "out")]))
     cs.append(cli("cli-labels-missing", 2, "nolabels.txt",

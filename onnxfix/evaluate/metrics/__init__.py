@@ -8,7 +8,9 @@ passes) and which values it produces; the runner decides how to feed it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class MetricSpec:
     needs_region: bool = False  # a box or a mask
     needs_model: bool = False  # re-runs the model (perturbation / sanity metrics)
     lower_is_better: tuple[str, ...] = ()
+    compute: Callable[[Any], dict[str, float | None]] | None = None  # self-computing: f(MetricContext) -> values
 
 
 METRICS: dict[str, MetricSpec] = {}
@@ -56,5 +59,28 @@ register_metric(MetricSpec("sanity", ("class_sensitivity", "cascade_first", "cas
                            "Spearman of the map with the map for a random class / after cascading weight "
                            "randomisation (lower = more sensitive)", needs_model=True,
                            lower_is_better=("class_sensitivity", "cascade_first", "cascade_half", "cascade_all")))
+
+
+def _peer_metrics() -> None:
+    """The families pytorch-grad-cam and Quantus ship (issue #15); each computes itself from a MetricContext."""
+    from onnxfix.evaluate.metrics import complexity, faithfulness_correlation, road, robustness
+
+    register_metric(MetricSpec("road", ("road_morf", "road_lerf", "road_combined"),
+                               "ROAD: score change after removing the most / least relevant pixels with noisy "
+                               "linear imputation, averaged over 10-90% (pytorch-grad-cam)", needs_model=True,
+                               lower_is_better=("road_morf",), compute=road.compute))
+    register_metric(MetricSpec("faithfulness_corr", ("faithfulness_corr",),
+                               "faithfulness correlation: Pearson of map sums and score drops over random subsets "
+                               "(Quantus)", needs_model=True, compute=faithfulness_correlation.compute))
+    register_metric(MetricSpec("complexity", ("sparseness", "complexity"),
+                               "sparseness (Gini) and complexity (entropy) of the map (Quantus)",
+                               lower_is_better=("complexity",), compute=complexity.compute))
+    register_metric(MetricSpec("robustness", ("max_sensitivity",),
+                               "max-sensitivity: largest relative change of the map under uniform input noise "
+                               "(Quantus)", needs_model=True, lower_is_better=("max_sensitivity",),
+                               compute=robustness.compute))
+
+
+_peer_metrics()
 
 __all__ = ["METRICS", "MetricSpec", "register_metric"]
