@@ -16,7 +16,8 @@ Fields of :class:`OpInfo`:
   seen by a local recomputation);
 * ``shape_only`` — reads only its input's shape (Shape, Size): no data path goes through it;
 * ``discrete`` — its output is an index chosen by the input's values (ArgMax): piecewise constant, no location;
-* ``feature_source`` — produces an NCHW feature map from an NCHW input (Conv, pools, BatchNormalization).
+* ``feature_source`` — produces an NCHW feature map from an NCHW input (Conv, pools, BatchNormalization);
+* ``quantised`` — integer arithmetic (ConvInteger, QLinearConv…): no gradient; only gradient-free methods apply.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class OpInfo:
     shape_only: bool = False
     discrete: bool = False
     feature_source: bool = False
+    quantised: bool = False
 
 
 _UNARY = ("Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "BatchNormalization",
@@ -64,6 +66,9 @@ _set(_VIEW, view=True)
 _set(_MIXES, mixes=True)
 _set(("Shape", "Size"), shape_only=True)
 _set(("ArgMax", "ArgMin"), discrete=True)
+_set(("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeLSTM", "QLinearConv", "QLinearMatMul",
+      "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu",
+      "QLinearAveragePool", "QLinearSoftmax"), quantised=True)
 
 _DEFAULT = OpInfo()
 
@@ -86,3 +91,4 @@ MIXES = ops_where(mixes=True)
 SHAPE_ONLY = ops_where(shape_only=True)
 DISCRETE = ops_where(discrete=True)
 FEATURE_SOURCES = ops_where(feature_source=True)
+QUANTISED = ops_where(quantised=True)

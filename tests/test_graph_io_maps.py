@@ -172,4 +172,4 @@ def test_heatmap_box_largest_component():
     m = np.zeros((20, 30), np.float32)
     m[2:5, 2:5] = 1.0
     m[10:18, 12:25] = 0.8
-    assert maps.heatmap_box(m) == [12.0, 10.0, 24.0, 17.0]
+    assert maps.heatmap_box(m, rule="largest") == [12.0, 10.0, 24.0, 17.0]

@@ -50,9 +50,10 @@ def _median_ms(fn, runs: int) -> float:
     return 1000 * statistics.median(ts)
 
 
-def _paired_median_ms(fa, fb, runs: int) -> tuple[float, float]:
-    """Medians of two callables timed alternately (a, b, a, b, …), so that load on a shared machine hits both."""
-    for _ in range(3):
+def _paired_median_ms(fa, fb, runs: int, warmup: int = 3) -> tuple[float, float]:
+    """Medians (ms) of two callables timed alternately (a, b, a, b, …), so that load on a shared machine hits both;
+    ``warmup`` untimed calls of each first. tools/bench_*.py use it too."""
+    for _ in range(warmup):
         fa()
         fb()
     ta, tb = [], []

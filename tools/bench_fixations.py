@@ -44,17 +44,10 @@ MODELS = {
 
 
 def paired(fa, fb, runs: int) -> tuple[float, float]:
-    """Medians (ms) of two callables timed alternately."""
-    for _ in range(3):
-        fa()
-        fb()
-    ta, tb = [], []
-    for _ in range(runs):
-        for fn, ts in ((fa, ta), (fb, tb)):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-    return 1000 * statistics.median(ta), 1000 * statistics.median(tb)
+    """Medians (ms) of two callables timed alternately (tools/bench.py's)."""
+    from bench import _paired_median_ms
+
+    return _paired_median_ms(fa, fb, runs)
 
 
 def _input(ex) -> np.ndarray:

@@ -63,17 +63,10 @@ def _pgc_raw(cls, net, module, xt, target: int, **kw):
 
 
 def _paired(fa, fb, runs: int) -> tuple[float, float]:
-    """Medians (ms) of two callables timed alternately after one warm-up each (the peers' CAMs take minutes)."""
-    import statistics
-    import time
+    """Medians (ms) of two callables timed alternately; no warm-up here: callers ran each once (minutes each)."""
+    from bench import _paired_median_ms
 
-    ta, tb = [], []
-    for _ in range(runs):
-        for fn, ts in ((fa, ta), (fb, tb)):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-    return 1000 * statistics.median(ta), 1000 * statistics.median(tb)
+    return _paired_median_ms(fa, fb, runs, warmup=0)
 
 
 def main() -> None:

@@ -28,7 +28,6 @@ _RESIZE_ATTRS = ("mode", "coordinate_transformation_mode", "nearest_mode", "cubi
 @functools.lru_cache(maxsize=256)
 def resize_matrix(attrs: tuple, n_in: int, n_out: int, scale: float | None, opset: int) -> np.ndarray:
     """R (n_out × n_in): one axis of Resize with these attributes, read from ONNX Runtime (identity minus zeros)."""
-    import onnxruntime as ort
 
     kw = dict(attrs)
     if scale is not None:
@@ -43,9 +42,9 @@ def resize_matrix(attrs: tuple, n_in: int, n_out: int, scale: float | None, opse
     op = max(13, min(opset, 19))
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", op)])
     m.ir_version = 8 if op <= 17 else 9
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    from onnxfix.sessions import make_session
+
+    sess = make_session(m)
     eye = sess.run(["y"], {"x": np.eye(n_in, dtype=np.float32)})[0]
     zero = sess.run(["y"], {"x": np.zeros((n_in, n_in), np.float32)})[0]
     if eye.shape != (n_in, n_out):

@@ -28,12 +28,11 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper
 
 from onnxfix.errors import InputError, UnsupportedModel
 from onnxfix.model import Model
-from onnxfix.runtime import session_options
+from onnxfix.sessions import make_session
 
 MASK_PREFIX = "onnxfix_mask_"
 
@@ -91,8 +90,7 @@ class Ablator:
     def __post_init__(self) -> None:
         proto, self.mask_names = masked_model(self.model, self.layers)
         try:
-            self.session = ort.InferenceSession(proto.SerializeToString(), session_options(self.model.runtime.threads),
-                                                providers=self.model.runtime.providers)
+            self.session = make_session(proto, self.model.runtime.providers, self.model.runtime.threads)
         except Exception as exc:  # noqa: BLE001 - ORT raises many types
             raise UnsupportedModel(f"ablation: ONNX Runtime cannot load the masked model: {exc}") from None
         self.channels = {t: int(self.model.graph.shape(t)[1]) for t in self.layers}

@@ -33,11 +33,8 @@ from PIL import Image, ImageDraw
 
 from onnxfix.errors import UnsupportedModel
 from onnxfix.graph import Graph, window_span
-
-_WINDOW = {"Conv", "MaxPool", "AveragePool", "LpPool"}
-_MIX_ALL = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "Reshape", "Flatten", "Gemm", "MatMul", "Resize",
-            "Upsample", "ConvTranspose", "ReduceMean", "ReduceMax", "ReduceSum", "Squeeze", "Unsqueeze", "Slice",
-            "Gather", "Split", "LSTM", "GRU", "RNN", "SpaceToDepth", "DepthToSpace", "Expand", "Tile"}
+from onnxfix.ops import MIXES as _MIX_ALL  # the one op table
+from onnxfix.ops import WINDOWED as _WINDOW
 
 
 @dataclass(frozen=True)

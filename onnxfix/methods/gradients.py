@@ -62,7 +62,22 @@ def run_gradients(model: Model, x: np.ndarray, logits: np.ndarray, target: Resol
     return grads, acts
 
 
+def quantised_reason(model: Model) -> str | None:
+    """Why gradient methods do not apply to a quantised graph (integer ops on the path), naming the ops."""
+    from onnxfix.ops import QUANTISED
+
+    q = sorted({n.op_type for n in model.graph.nodes_between([model.input], model.head.logits)
+                if n.op_type in QUANTISED})
+    if not q:
+        return None
+    return (f"the graph is quantised ({', '.join(q)}): integer ops have no gradient; gradient-free methods "
+            "(occlusion, muting-pixels, rise, d-rise) still work")
+
+
 def missing_rules_reason(model: Model, source: str) -> str | None:
+    quantised = quantised_reason(model)
+    if quantised:
+        return quantised
     try:
         from onnxfix.autodiff import missing_vjp_rules
     except ImportError as exc:  # pragma: no cover - the engine ships with the package
@@ -108,6 +123,9 @@ class LayerCAM(Method):
     Options = LayerOptions
 
     def applies(self, model):
+        quantised = quantised_reason(model)
+        if quantised:
+            return quantised
         try:
             layer = resolve_layer(model, None)
         except InputError as exc:

