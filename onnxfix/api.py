@@ -40,6 +40,8 @@ class Explanation:
         self.attribution, self.frame, self.map, self.points = attribution, frame, map, points
         self.image, self.seconds, self.extras = image, seconds, dict(extras or {})
         self.resolved = resolved
+        #: the model's class names (for pictures that label several detections)
+        self.labels: list[str] | None = None
         self._heatmap: np.ndarray | None = None
         self._box: list[float] | None = None
         self._box_done = False
@@ -87,6 +89,10 @@ class Explanation:
 
     def render(self, alpha: float = 0.5) -> Image.Image:
         """The overlay picture: image (or a grey canvas for preprocessed input) + heatmap + points + box."""
+        if self.image is not None and getattr(self.resolved, "detections", None):
+            from onnxfix.render_detect import render_detections  # every detection labelled, the explained one marked
+
+            return render_detections(self, self.labels)
         base = self.image
         if base is None:
             h, w = self.heatmap.shape
@@ -371,10 +377,18 @@ class Explainer:
         pts = frame.to_image(res.points) if res.points is not None else None
         scores = mdl.scores_at(att.logits, tgt.step, tgt.coords[mdl.head.batch_axis]
                                if mdl.head.batch_axis is not None else 0)
-        return Explanation(method=m.name, target=tgt.index, label=tgt.label, step=tgt.step, score=tgt.score,
-                           logit=tgt.logit, scores=scores, top=mdl.top(scores, top_k), attribution=res.attribution,
-                           frame=frame, map=res.map, points=pts, image=img, seconds=seconds, extras=extras,
-                           resolved=tgt)
+        dets = getattr(tgt, "detections", None)
+        if dets:  # a detector: the top-k are its detections (after NMS), not a class-score vector
+            top = [{**d.as_dict(mdl.labels), "index": d.cls, "logit": d.score, "prediction": d.index}
+                   for d in dets[:top_k]]
+        else:
+            top = mdl.top(scores, top_k)
+        e = Explanation(method=m.name, target=tgt.index, label=tgt.label, step=tgt.step, score=tgt.score,
+                        logit=tgt.logit, scores=scores, top=top, attribution=res.attribution,
+                        frame=frame, map=res.map, points=pts, image=img, seconds=seconds, extras=extras,
+                        resolved=tgt)
+        e.labels = mdl.labels
+        return e
 
     def export(self, path: str | os.PathLike, method: str = "gradcam", **kwargs: Any) -> Path:
         """Write the model with its explanation computed in-graph (``onnxfix export``; docs/export.md)."""

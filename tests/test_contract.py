@@ -178,3 +178,13 @@ def test_display_work_is_lazy():
     e = ex.explain(_images("resnet_shapes", 1)[0], method="gradcam")
     assert e._heatmap is None and not e._box_done
     assert e.box is not None and e._heatmap is not None
+
+
+def test_a_detection_lists_its_detections_and_draws_them():
+    ex = _ex("yolov8_shapes")
+    img = np.asarray(Image.open(SAMPLES / "yolov8_shapes.png").convert("RGB"))
+    e = ex.explain(img, method="gradcam", target="box:0")
+    dets = e.resolved.detections
+    assert len(dets) >= 2 and len(e.top) == min(5, len(dets))
+    assert all({"label", "score", "box", "prediction"} <= set(t) for t in e.top)
+    assert e.render().size == (img.shape[1], img.shape[0])

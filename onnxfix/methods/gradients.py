@@ -209,6 +209,21 @@ class InputGradient(Method):
         from onnxfix.autodiff import GradientProgram
         from onnxfix.targets import Class
 
+        h = model.head
+        if x.shape[0] > 1:  # a batch of top-class targets: one per-item ArgMax seed in the graph, one ORT call
+            top = all(t is None or (isinstance(t, Class) and t.index_or_label is None) for t in targets)
+            if not top or h.kind != "classifier" or h.time_axis is not None or h.batch_axis is None:
+                return None
+            prog = GradientProgram(model.graph, of=h.logits, wrt=[model.input], mode=self.mode,
+                                   provider=model.provider, threads=model.runtime.threads, seed="argmax",
+                                   argmax_axis=h.class_axis)
+            out = prog.run({model.input: x})
+            logits = out[h.logits]
+            check_scores(logits)
+            resolved = [model.resolve_target(logits, None, None, n) for n in range(x.shape[0])]
+            g = out["grad:" + model.input]
+            check_finite(g, f"the gradient at {model.input!r}")
+            return self.finish(model, x, {h.logits: logits}, resolved, g.astype(np.float32), opts)
         shape = model.single_logits_shape()
         t = targets[0] if len(targets) == 1 else None
         if shape is None or x.shape[:1] != (1,) or not (t is None or isinstance(t, Class)):
