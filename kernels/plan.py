@@ -30,6 +30,8 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
+from .conv import _better, _valid_range  # the streamed argmax and the kernel-offset range conv/pool use
+
 __all__ = ["run_plan", "FLAT", "MAP", "ADD", "CONV", "POOL", "GPOOL", "FC"]
 
 FLAT, MAP, ADD, CONV, POOL, GPOOL, FC = 0, 1, 2, 3, 4, 5, 6
@@ -61,34 +63,6 @@ def _vread(vptr, slot, n, c, nc, y, x, bh, bw, vpt, vpl, padval):  # pragma: no 
     if by < 0 or by >= bh or bx < 0 or bx >= bw:
         return padval
     return np.float64(_f32_ptr(vptr[slot])[((n * nc + c) * bh + by) * bw + bx])
-
-
-@numba.njit(cache=True)
-def _better(v, best, found):  # pragma: no cover - jitted
-    # np.argmax order: the first maximum wins, the first NaN beats everything
-    if not found:
-        return True
-    if best != best:
-        return False
-    return v > best or v != v
-
-
-@numba.njit(cache=True)
-def _range(base, k, d, n):  # pragma: no cover - jitted
-    if base >= 0:
-        lo = 0
-    else:
-        lo = (-base + d - 1) // d
-    rem = n - base
-    if rem <= 0:
-        hi = 0
-    else:
-        hi = (rem + d - 1) // d
-    if hi > k:
-        hi = k
-    if lo > hi:
-        lo = hi
-    return lo, hi
 
 
 @numba.njit(cache=True)
@@ -196,8 +170,8 @@ def _conv(locs, ip, fp, p, vptr, w):  # pragma: no cover - jitted
         n = f // c_out
         by = oy * sh - pt
         bx = ox * sw - pl
-        ky0, ky1 = _range(by, kh, dh, hv)
-        kx0, kx1 = _range(bx, kw, dw, wv)
+        ky0, ky1 = _valid_range(by, kh, dh, hv)
+        kx0, kx1 = _valid_range(bx, kw, dw, wv)
         if ky0 >= ky1 or kx0 >= kx1:
             continue  # the window lies outside the input: nothing to follow
         c0 = (co // cout_g) * cin_g
@@ -255,8 +229,8 @@ def _pool(locs, ip, fp, p, vptr):  # pragma: no cover - jitted
         nci = f // oh  # n * nc + c
         by = oy * sh - pt
         bx = ox * sw - pl
-        ky0, ky1 = _range(by, kh, dh, hv)
-        kx0, kx1 = _range(bx, kw, dw, wv)
+        ky0, ky1 = _valid_range(by, kh, dh, hv)
+        kx0, kx1 = _valid_range(bx, kw, dw, wv)
         if ky0 >= ky1 or kx0 >= kx1:
             continue
         best_v = 0.0
@@ -329,31 +303,26 @@ def _fc(locs, ip, p, vptr, w):  # pragma: no cover - jitted
 
 
 @numba.njit(cache=True)
+def _sift(a, root, end):  # pragma: no cover - jitted
+    while 2 * root + 1 < end:
+        child = 2 * root + 1
+        if child + 1 < end and a[child] < a[child + 1]:
+            child += 1
+        if a[root] < a[child]:
+            a[root], a[child] = a[child], a[root]
+            root = child
+        else:
+            break
+
+
+@numba.njit(cache=True)
 def _heapsort(a):  # pragma: no cover - jitted
     n = len(a)
     for start in range(n // 2 - 1, -1, -1):
-        root = start
-        while 2 * root + 1 < n:
-            child = 2 * root + 1
-            if child + 1 < n and a[child] < a[child + 1]:
-                child += 1
-            if a[root] < a[child]:
-                a[root], a[child] = a[child], a[root]
-                root = child
-            else:
-                break
+        _sift(a, start, n)
     for end in range(n - 1, 0, -1):
         a[0], a[end] = a[end], a[0]
-        root = 0
-        while 2 * root + 1 < end:
-            child = 2 * root + 1
-            if child + 1 < end and a[child] < a[child + 1]:
-                child += 1
-            if a[root] < a[child]:
-                a[root], a[child] = a[child], a[root]
-                root = child
-            else:
-                break
+        _sift(a, 0, end)
 
 
 @numba.njit(cache=True)

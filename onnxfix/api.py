@@ -21,7 +21,7 @@ from onnxfix.errors import InputError, UnsupportedModel
 from onnxfix.io.image import Frame, Preprocess, prepare
 from onnxfix.methods import METHODS
 from onnxfix.model import Model
-from onnxfix.targets import Resolved, Target, parse_target
+from onnxfix.targets import Resolved, Target
 
 
 class Explanation:
@@ -236,19 +236,7 @@ class Explainer:
         return m
 
     def _target(self, target: Any, step: int | None) -> Target | None:
-        from onnxfix.targets import Class, Step
-
-        t = parse_target(target)
-        if step is not None:
-            if isinstance(step, bool) or not isinstance(step, int | np.integer):
-                raise InputError(f"step {step!r} is not an integer")
-            if self.model.head.time_axis is None:
-                raise InputError(f"--step {step}: the explained output {self.model.head.output!r} has no time axis "
-                                 "(it is not a sequence); leave --step out")
-            if t is not None and not isinstance(t, Class | Step):
-                raise InputError(f"--step applies to class targets on sequence outputs, not to {t!r}")
-            t = Step(int(step), None if t is None else (t.index_or_label if isinstance(t, Class) else t.cls))
-        return t
+        return self.model.as_target(target, step)
 
     def attribute(self, /, x: np.ndarray, method: str = "saliency", targets: list[Any] | Any = None,
                   layer: str | None = None, **options: Any):
@@ -284,7 +272,10 @@ class Explainer:
         mdl = self.model if n == 1 else self.model.batch_model()
         if mdl is None:  # no batch-dynamic form reproduces the model: one image at a time
             parts = [m.attribute(self.model, x[i:i + 1], [self._target(ts[i], None)], opts) for i in range(n)]
-            return _concat(parts, self.model.head.batch_axis)
+            ax = self.model.head.batch_axis
+            logits = np.concatenate([p.logits for p in parts], axis=ax if ax is not None else 0)
+            return m.collect(self.model, logits, [p.targets[0].at_batch(i, ax) for i, p in enumerate(parts)],
+                             [p.item(0) for p in parts])
         return m.attribute(mdl, x.astype(self.model.graph.tensors[self.model.input].dtype or np.float32, copy=False),
                            [self._target(t, None) for t in ts], opts)
 
@@ -453,19 +444,3 @@ class Explainer:
         x, _, _ = self.prepare(image)
         return self.model.runtime.activations({self.model.input: x})
 
-
-def _concat(parts: list, batch_axis: int | None):
-    """One Attribution from per-image ones (their targets re-indexed to the batch)."""
-    from onnxfix.methods.base import Attribution
-
-    first = parts[0]
-    vals = [p.values[0:1] if isinstance(p.values, np.ndarray) and first.kind == "input" else p.values[0]
-            for p in parts]
-    values: Any = vals
-    if first.kind != "points" and len({np.shape(v) for v in vals}) == 1:
-        values = np.concatenate(vals) if first.kind == "input" else np.stack(vals)
-    ax = batch_axis if batch_axis is not None else 0
-    logits = np.concatenate([p.logits for p in parts], axis=ax)
-    targets = [p.targets[0].at_batch(i, batch_axis) for i, p in enumerate(parts)]
-    return Attribution(first.method, first.kind, values, [p.maps[0] for p in parts], targets, logits,
-                       [p.extras[0] for p in parts], [p.points[0] if p.points else None for p in parts])

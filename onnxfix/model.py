@@ -38,6 +38,7 @@ from onnxfix.io.labels import find_labels, label_of
 from onnxfix.io.model import load_model
 from onnxfix.io.model import validate as validate_model
 from onnxfix.runtime import Runtime
+from onnxfix.targets import Class as ClassTarget
 from onnxfix.targets import Resolved, Target, parse_target
 from onnxfix.targets import Step as StepTarget
 from onnxfix.targets import class_index as _class_index
@@ -355,20 +356,31 @@ class Model:
                        n: int = 0) -> Resolved:
         """Resolve ``target`` (None, an index, a label, a CLI string or a :class:`~onnxfix.targets.Target`) for batch
         item ``n`` of ``logits``; ``step`` picks the time step of sequence outputs (default: the most confident)."""
-        t = parse_target(target)
-        if step is not None:
-            if t is not None and not isinstance(t, StepTarget) and type(t).__name__ != "Class":
-                raise InputError(f"--step applies to class targets on sequence outputs, not to {t!r}")
-            t = StepTarget(step, None if t is None else getattr(t, "index_or_label", getattr(t, "cls", None)))
+        t = self.as_target(target, step)
         if t is None:
             t = self.default_target()
-        if self.head.kind == "sequence" and type(t).__name__ == "Class":
-            t = StepTarget(None, t.index_or_label)  # type: ignore[attr-defined]
-        if self.head.kind in ("detection", "nms") and type(t).__name__ == "Class":
+        if self.head.kind == "sequence" and isinstance(t, ClassTarget):
+            t = StepTarget(None, t.index_or_label)
+        if self.head.kind in ("detection", "nms") and isinstance(t, ClassTarget):
             from onnxfix.targets import Box
 
-            t = Box(cls=t.index_or_label)  # type: ignore[attr-defined]  # the best detection of that class
+            t = Box(cls=t.index_or_label)  # the best detection of that class
         return t.resolve(self, logits, n)
+
+    def as_target(self, target: Any, step: int | None = None) -> Target | None:
+        """The target object for what users write (``None``, an index, a label, a CLI string or a Target) and an
+        optional ``step`` of a sequence output; ``None`` stays ``None`` (the default target, decided per image)."""
+        t = parse_target(target)
+        if step is None:
+            return t
+        if isinstance(step, bool) or not isinstance(step, int | np.integer):
+            raise InputError(f"step {step!r} is not an integer")
+        if self.head.time_axis is None:
+            raise InputError(f"--step {step}: the explained output {self.head.output!r} has no time axis (it is not a "
+                             "sequence); leave --step out")
+        if t is not None and not isinstance(t, ClassTarget | StepTarget):
+            raise InputError(f"--step applies to class targets on sequence outputs, not to {t!r}")
+        return StepTarget(int(step), None if t is None else (t.index_or_label if isinstance(t, ClassTarget) else t.cls))
 
     def class_index(self, target: int | str, n: int) -> int:
         """The class index of ``target`` (an index or a label) among ``n`` classes; InputError when out of range."""

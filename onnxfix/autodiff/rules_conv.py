@@ -105,6 +105,24 @@ def conv_pointwise_back(b: Builder, g: str, w: str, x: str) -> str:
     return b.op("Reshape", [b.op("MatMul", [wt, flat], hint="pointwise"), b.shape_tensor(x)])
 
 
+def _window_geometry(b: Builder, node: Node, x: str, w: str) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(spatial size of x, kernel, strides, dilations) of a Conv / ConvTranspose, defaults filled in."""
+    a = node.attrs
+    S = spatial(b, node, x)
+    ws = b.shape(w)
+    k = a.get("kernel_shape") or (list(ws[2:]) if ws else None)
+    if k is None or any(v is None for v in k):
+        raise b.unsupported(node, "unknown kernel shape")
+    n = len(S)
+    return S, k, list(a.get("strides") or [1] * n), list(a.get("dilations") or [1] * n)
+
+
+def _bias_grad(b: Builder, node: Node, g):
+    """The gradient of a Conv / ConvTranspose bias: g summed over the batch and spatial axes."""
+    r = b.rank(node.outputs[0]) or 4
+    return b.op("ReduceSum", [g, b.ints([0] + list(range(2, r)))], keepdims=0)
+
+
 @vjp("Conv")
 def conv(b: Builder, node: Node, gy):
     x, w = node.inputs[0], node.inputs[1]
@@ -115,13 +133,7 @@ def conv(b: Builder, node: Node, gy):
     if b.needs(w):
         raise b.unsupported(node, "gradient with respect to a weight computed at run time")
     if b.needs(x):
-        S = spatial(b, node, x)
-        ws = b.shape(w)
-        k = a.get("kernel_shape") or (list(ws[2:]) if ws else None)
-        if k is None or any(v is None for v in k):
-            raise b.unsupported(node, "unknown kernel shape")
-        n = len(S)
-        s, d = list(a.get("strides") or [1] * n), list(a.get("dilations") or [1] * n)
+        S, k, s, d = _window_geometry(b, node, x, w)
         attrs = dict(a, kernel_shape=k, strides=s, dilations=d)
         pads = resolve_pads(attrs, S)
         O = out_size(S, k, s, d, pads)
@@ -141,8 +153,7 @@ def conv(b: Builder, node: Node, gy):
             res = conv_transpose_back(b, g, w, S, O, k, s, d, pads, group)
         out[0] = res
     if bias and b.needs(bias):
-        r = b.rank(node.outputs[0]) or 4
-        out[2] = b.op("ReduceSum", [g, b.ints([0] + list(range(2, r)))], keepdims=0)
+        out[2] = _bias_grad(b, node, g)
     return out
 
 
@@ -263,18 +274,11 @@ def conv_transpose(b: Builder, node: Node, gy):
     if b.needs(w):
         raise b.unsupported(node, "gradient with respect to a weight computed at run time")
     if b.needs(x):
-        S = spatial(b, node, x)
-        ws = b.shape(w)
-        k = a.get("kernel_shape") or (list(ws[2:]) if ws else None)
-        if k is None or any(v is None for v in k):
-            raise b.unsupported(node, "unknown kernel shape")
-        n = len(S)
-        s, d = list(a.get("strides") or [1] * n), list(a.get("dilations") or [1] * n)
+        S, k, s, d = _window_geometry(b, node, x, w)
         pads, _ = conv_transpose_pads(b, node, S, list(k), s, d)
         group = int(a.get("group", 1))
         out[0] = b.op("Conv", [g, w], pads=pads, dilations=d, strides=s, group=group if group != 1 else None,
                       kernel_shape=list(k), hint="convT_back")
     if bias and b.needs(bias):
-        r = b.rank(node.outputs[0]) or 4
-        out[2] = b.op("ReduceSum", [g, b.ints([0] + list(range(2, r)))], keepdims=0)
+        out[2] = _bias_grad(b, node, g)
     return out

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxfix.methods.base import Attribution, check_finite, register_method
-from onnxfix.methods.eigencam import EigenCAM, combine
+from onnxfix.methods.eigencam import MaskedTailCAM, combine
 from onnxfix.methods.layers import layer_view, resolve_layer
 from onnxfix.methods.sampling import tail_scores
 from onnxfix.targets import score_in
@@ -37,9 +37,7 @@ def ablated_maps(acts: np.ndarray, batch_order: int = 32) -> np.ndarray:
 
 
 @register_method
-class AblationCAM(EigenCAM):
-    needs_batch = True  # many rows per image: refused (applies) where no batch-dynamic form exists
-    needs_map_layer = True
+class AblationCAM(MaskedTailCAM):
     name = "ablation-cam"
     summary = "Ablation-CAM: channel weights from the score drop when each channel is ablated (tail only)"
 
@@ -53,11 +51,6 @@ class AblationCAM(EigenCAM):
         def check(self):
             if self.batch_order < 1:
                 raise ValueError("batch_order must be >= 1")
-
-    def forward_tensors(self, model, layer=None, **options):
-        from onnxfix.methods.sampling import tail_runtime
-
-        return [model.head.logits] + tail_runtime(model, resolve_layer(model, layer))[1]
 
     def attribute_resolved(self, model, x, values, targets, opts):
         name = resolve_layer(model, opts.layer)

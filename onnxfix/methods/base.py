@@ -313,12 +313,7 @@ class Method:
     def explain_in_one_pass(self, model: Model, x: np.ndarray, target: Any, step: int | None,
                             **options: Any) -> tuple[np.ndarray, Resolved, Result] | None:
         """The per-image form of :meth:`one_pass`: ``(logits, resolved target, result)`` or ``None``."""
-        from onnxfix.targets import Step, parse_target
-
-        t = parse_target(target)
-        if step is not None:
-            t = Step(step, getattr(t, "index_or_label", None))
-        att = self.one_pass(model, x, [t], self.parse_options(options))
+        att = self.one_pass(model, x, [model.as_target(target, step)], self.parse_options(options))
         if att is None:
             return None
         return att.logits, att.targets[0], att.item(0)

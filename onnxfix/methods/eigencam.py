@@ -88,3 +88,18 @@ class EigenCAM(SmoothableCAM):
         check_finite(cams, f"{self.name}'s map")
         return Attribution(self.name, "layer", cams, list(cams), targets, values[model.head.logits],
                            [{"layer": name} for _ in targets])
+
+
+class MaskedTailCAM(EigenCAM):
+    """Base of the gradient-free CAMs that run the tail (layer → logits) on a batch of masked or ablated copies of
+    the layer's map (Ablation-CAM, Recipro-CAM): they need the batch-dynamic model and a 4-D map layer, and the
+    forward exposes the tail's inputs."""
+
+    needs_batch = True  # many rows per image: refused (applies) where no batch-dynamic form exists
+    needs_map_layer = True
+
+    def forward_tensors(self, model, layer=None, **options):
+        from onnxfix.methods.layers import resolve_layer
+        from onnxfix.methods.sampling import tail_runtime
+
+        return [model.head.logits] + tail_runtime(model, resolve_layer(model, layer))[1]

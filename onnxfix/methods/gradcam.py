@@ -2,8 +2,6 @@
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from onnxfix.methods.base import register_method
 from onnxfix.methods.gradients import LayerCAM
 
@@ -27,6 +25,6 @@ class GradCAM(LayerCAM):
 
             for n in range(x.shape[0]):
                 item = att.item(n)
-                vals = {k: np.take(v, [n], axis=0) for k, v in values.items() if k == item.extras.get("layer")}
-                add_textual(item, model, x[n:n + 1], vals)
+                layer = item.extras.get("layer")
+                add_textual(item, model, x[n:n + 1], {layer: values[layer][n:n + 1]} if layer in values else {})
         return att

@@ -14,9 +14,9 @@ from typing import Literal
 import numpy as np
 
 from onnxfix.methods.base import Attribution, check_finite, register_method
-from onnxfix.methods.eigencam import EigenCAM
+from onnxfix.methods.eigencam import MaskedTailCAM
 from onnxfix.methods.layers import layer_view, resolve_layer
-from onnxfix.methods.sampling import tail_runtime, tail_scores
+from onnxfix.methods.sampling import tail_scores
 from onnxfix.targets import softmax
 
 
@@ -36,9 +36,7 @@ def spatial_masks(h: int, w: int, kernel: str = "onehot") -> np.ndarray:
 
 
 @register_method
-class ReciproCAM(EigenCAM):
-    needs_batch = True  # many rows per image: refused (applies) where no batch-dynamic form exists
-    needs_map_layer = True
+class ReciproCAM(MaskedTailCAM):
     name = "reciprocam"
     summary = "Recipro-CAM: the tail run once on spatially masked feature maps (gradient-free, one head pass)"
 
@@ -47,9 +45,6 @@ class ReciproCAM(EigenCAM):
         layer: str | None = None
         kernel: Literal["onehot", "gaussian"] = "onehot"
         batch: int | None = None
-
-    def forward_tensors(self, model, layer=None, **options):
-        return [model.head.logits] + tail_runtime(model, resolve_layer(model, layer))[1]
 
     def attribute_resolved(self, model, x, values, targets, opts):
         name = resolve_layer(model, opts.layer)
