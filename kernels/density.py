@@ -7,6 +7,7 @@ import math
 import numba
 import numpy as np
 
+from . import warm
 from .conv import _threads_for
 
 __all__ = ["splat", "gaussian_blur", "neighbour_counts"]
@@ -51,7 +52,20 @@ def splat(points: np.ndarray, height: int, width: int) -> np.ndarray:
         pts = np.zeros((0, 2), dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 2:
         raise ValueError(f"points must have shape (P, 2), got {pts.shape}")
+    if not warm.ready(_splat_kernel, pts, height, width):
+        return _splat_numpy(pts, height, width)
     return _splat_kernel(pts, height, width)
+
+
+def _splat_numpy(pts: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``_splat_kernel`` in numpy (numba's cache cold): the same rounding, bounds and float32 counts."""
+    out = np.zeros((height, width), dtype=np.float32)
+    r = np.floor(pts[:, 1] + 0.5)
+    c = np.floor(pts[:, 0] + 0.5)
+    with np.errstate(invalid="ignore"):
+        ok = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+    np.add.at(out, (r[ok].astype(np.int64), c[ok].astype(np.int64)), np.float32(1.0))
+    return out
 
 
 @numba.njit(cache=True, parallel=True)
@@ -107,10 +121,24 @@ def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     with np.errstate(over="ignore"):  # tiny sigma: outer taps underflow to exactly 0
         weights = np.exp(-0.5 * (t / sigma) ** 2)
     weights /= weights.sum()
+    img64 = np.ascontiguousarray(arr, dtype=np.float64)
+    blur = _blur_rows if warm.ready(_blur_rows, img64, weights, radius) else _blur_rows_numpy
     with _threads_for(arr.size * (2 * min(radius, max(arr.shape)) + 1)):
-        rows = _blur_rows(np.ascontiguousarray(arr, dtype=np.float64), weights, radius)
-        cols = _blur_rows(np.ascontiguousarray(rows.T), weights, radius)
+        rows = blur(img64, weights, radius)
+        cols = blur(np.ascontiguousarray(rows.T), weights, radius)
     return cols.T.astype(np.float32, order="C")
+
+
+def _blur_rows_numpy(img: np.ndarray, weights: np.ndarray, radius: int) -> np.ndarray:
+    """``_blur_rows`` in numpy (numba's cache cold): the same float64 products added tap after tap."""
+    h, w = img.shape
+    out = np.zeros((h, w), dtype=np.float64)
+    rx = min(radius, w - 1)
+    for t in range(-rx, rx + 1):
+        j0 = max(0, -t)
+        n = min(w, w - t) - j0
+        out[:, j0:j0 + n] += weights[t + radius] * img[:, j0 + t:j0 + t + n]
+    return out
 
 
 @numba.njit(cache=True, inline="always")
@@ -199,5 +227,29 @@ def neighbour_counts(points: np.ndarray, radius: float) -> np.ndarray:
     stride = int(cy.max()) + 3
     keys = (cx + 1) * stride + (cy + 1)
     order = np.argsort(keys, kind="stable")
+    args = (keys, keys[order], xs[order], ys[order], xs, ys, stride, r2)
+    if not warm.ready(_neighbour_kernel, *args):
+        return _neighbour_numpy(*args)
     with _threads_for(64 * xs.shape[0]):
-        return _neighbour_kernel(keys, keys[order], xs[order], ys[order], xs, ys, stride, r2)
+        return _neighbour_kernel(*args)
+
+
+def _neighbour_numpy(keys, skeys, sx, sy, xs, ys, stride, r2) -> np.ndarray:
+    """``_neighbour_kernel`` in numpy (numba's cache cold): the same cells and the same float64 comparisons."""
+    counts = np.zeros(keys.shape[0], dtype=np.int64)
+    for dc in range(-1, 2):
+        k = keys + dc * stride
+        lo = np.searchsorted(skeys, k - 1, side="left")
+        hi = np.searchsorted(skeys, k + 1, side="right")
+        for a in range(0, keys.shape[0], 256):  # blocks of rows: a bounded (rows x widest cell run) matrix
+            b = min(a + 256, keys.shape[0])
+            width = int((hi[a:b] - lo[a:b]).max()) if b > a else 0
+            for c in range(0, width, 4096):
+                j = lo[a:b, None] + c + np.arange(min(4096, width - c))
+                inside = j < hi[a:b, None]
+                j = np.minimum(j, len(skeys) - 1)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    dx = xs[a:b, None] - sx[j]
+                    dy = ys[a:b, None] - sy[j]
+                    counts[a:b] += (inside & (dx * dx + dy * dy <= r2)).sum(axis=1)
+    return counts

@@ -159,6 +159,8 @@ def _conv(locs, ip, fp, p, vptr, w):  # pragma: no cover - jitted
     padval = fp[ip[p + 23]]
     cout_g = c_out // group
     out = np.empty(len(locs), np.int64)
+    prod = np.empty(cin_g if kh == 1 and kw == 1 else 0, np.float64)
+    acc = np.empty(cin_g, np.float64)
     m = 0
     for i in range(len(locs)):
         f = locs[i]
@@ -176,19 +178,51 @@ def _conv(locs, ip, fp, p, vptr, w):  # pragma: no cover - jitted
             continue  # the window lies outside the input: nothing to follow
         c0 = (co // cout_g) * cin_g
         wbase = w_off + co * cin_g * kh * kw
-        # pass 1: per channel, the window sum of float64 contributions in row-major (ky, kx) order
-        best_s = 0.0
-        best_c = 0
+        if kh == 1 and kw == 1:  # one product per channel (the sum 0.0 + p orders as p): a vectorisable loop
+            sy = by - vpt
+            sx = bx - vpl
+            if sy >= 0 and sy < bh and sx >= 0 and sx < bw:
+                xp = _f32_ptr(vptr[slot])
+                base = ((n * nc + c0) * bh + sy) * bw + sx
+                stride = bh * bw
+                for cl in range(cin_g):
+                    prod[cl] = np.float64(xp[base + cl * stride]) * np.float64(w[wbase + cl])
+            else:
+                for cl in range(cin_g):
+                    prod[cl] = padval * np.float64(w[wbase + cl])
+            best_c = 0
+            best_s = prod[0]
+            for cl in range(1, cin_g):
+                if _better(prod[cl], best_s, True):
+                    best_s = prod[cl]
+                    best_c = cl
+            out[m] = ((n * nc + c0 + best_c) * hv + by) * wv + bx
+            m += 1
+            continue
+        # pass 1: per channel, the window sum of float64 contributions in row-major (ky, kx) order — accumulated
+        # for all channels at once, window position after window position (each channel's sum in the same order)
+        xp = _f32_ptr(vptr[slot])
+        stride = bh * bw
+        ksz = kh * kw
         for cl in range(cin_g):
-            s = 0.0
-            wc = wbase + cl * kh * kw
-            for ky in range(ky0, ky1):
-                iy = by + ky * dh
-                for kx in range(kx0, kx1):
-                    xv = _vread(vptr, slot, n, c0 + cl, nc, iy, bx + kx * dw, bh, bw, vpt, vpl, padval)
-                    s += xv * np.float64(w[wc + ky * kw + kx])
-            if _better(s, best_s, cl > 0):
-                best_s = s
+            acc[cl] = 0.0
+        for ky in range(ky0, ky1):
+            sy = by + ky * dh - vpt
+            for kx in range(kx0, kx1):
+                sx = bx + kx * dw - vpl
+                wk = wbase + ky * kw + kx
+                if sy >= 0 and sy < bh and sx >= 0 and sx < bw:
+                    base = ((n * nc + c0) * bh + sy) * bw + sx
+                    for cl in range(cin_g):
+                        acc[cl] += np.float64(xp[base + cl * stride]) * np.float64(w[wk + cl * ksz])
+                else:
+                    for cl in range(cin_g):
+                        acc[cl] += padval * np.float64(w[wk + cl * ksz])
+        best_s = acc[0]
+        best_c = 0
+        for cl in range(1, cin_g):
+            if _better(acc[cl], best_s, True):
+                best_s = acc[cl]
                 best_c = cl
         # pass 2: the first row-major argmax of the winning channel's contributions
         best_v = 0.0
@@ -451,3 +485,255 @@ def compile_now() -> None:
     steps = np.array([[FLAT, 0, 1, 0, 0]], np.int64)
     run_plan(steps, np.zeros(1, np.int64), np.zeros(1, np.float64), np.zeros(1, np.float32),
              np.zeros(1, np.int64), 2, 0, np.zeros(1, np.int64))
+
+
+# -- the same pass in numpy: what a process runs while numba's cache is still cold (kernels/warm.py) -----------------
+# Every step computes exactly what its jitted twin computes — the same float64 products and sums in the same
+# sequential order, the same streamed-argmax tie and NaN rules — vectorised over the locations (tested equal).
+
+def _np_better(v: np.ndarray, best: np.ndarray, found: np.ndarray | bool) -> np.ndarray:
+    """``_better`` over arrays: ``v`` replaces ``best`` where not found yet, else where ``best`` is not NaN and
+    ``v > best`` or ``v`` is NaN."""
+    with np.errstate(invalid="ignore"):
+        return ~np.asarray(found) | (~np.isnan(best) & ((v > best) | np.isnan(v)))
+
+
+def _np_unravel(locs: np.ndarray, dims) -> list[np.ndarray]:
+    coord = [None] * len(dims)
+    f = locs.copy()
+    for a in range(len(dims) - 1, -1, -1):
+        coord[a] = f % dims[a]
+        f //= dims[a]
+    return coord
+
+
+def _np_map(locs, ip, p):
+    r_out = int(ip[p])
+    dout = [int(d) for d in ip[p + 1:p + 1 + r_out]]
+    q = p + 1 + r_out
+    r_in = int(ip[q])
+    din = [int(d) for d in ip[q + 1:q + 1 + r_in]]
+    q = q + 1 + r_in
+    coord = _np_unravel(locs, dout)
+    flat = np.zeros(len(locs), np.int64)
+    ok = np.ones(len(locs), np.bool_)
+    for a in range(r_in):
+        src, mult, off, mode = (int(v) for v in ip[q + 4 * a:q + 4 * a + 4])
+        c = np.full(len(locs), off, np.int64)
+        if src >= 0:
+            c = c + mult * coord[src]
+        d = din[a]
+        if mode == 1:
+            c = np.clip(c, 0, d - 1)
+        elif mode == 2:
+            period = max(2 * (d - 1), 1)
+            c = c % period
+            c = np.where(c >= d, period - c, c)
+        elif mode == 3:
+            c = c % d
+        ok &= (c >= 0) & (c < d)
+        flat = flat * d + c
+    return flat[ok]
+
+
+def _np_add(locs, ip, fp, p, vals):
+    n_in, r_out = int(ip[p]), int(ip[p + 1])
+    dout = [int(d) for d in ip[p + 2:p + 2 + r_out]]
+    coord = _np_unravel(locs, dout)
+    q = p + 2 + r_out
+    targets, flats = [], []
+    best = np.zeros(len(locs), np.float64)
+    win = np.zeros(len(locs), np.int64)
+    for j in range(n_in):
+        h = q
+        targets.append(int(ip[h]))
+        r_in = int(ip[h + 2])
+        flat = np.zeros(len(locs), np.int64)
+        for a in range(r_in):
+            d = int(ip[h + 4 + a])
+            flat = flat * d + (0 if d == 1 else coord[r_out - r_in + a])
+        flats.append(flat)
+        if n_in > 1:
+            v = fp[ip[h + 3]] * vals[ip[h + 1]][flat].astype(np.float64)
+            upd = _np_better(v, best, j > 0)
+            best = np.where(upd, v, best)
+            win = np.where(upd, j, win)
+        q += 4 + r_in
+    return targets, flats, win
+
+
+def _np_read(vals, slot, n, c, y, x, nc, bh, bw, vpt, vpl, padval):
+    by, bx = y - vpt, x - vpl
+    inside = (by >= 0) & (by < bh) & (bx >= 0) & (bx < bw)
+    idx = ((n * nc + c) * bh + np.clip(by, 0, bh - 1)) * bw + np.clip(bx, 0, bw - 1)
+    return np.where(inside, vals[slot][idx].astype(np.float64), padval)
+
+
+def _np_range(base, k, d, n):
+    lo = np.where(base >= 0, 0, (-base + d - 1) // d)
+    rem = n - base
+    hi = np.where(rem <= 0, 0, (rem + d - 1) // d)
+    hi = np.minimum(hi, k)
+    return np.minimum(lo, hi), hi
+
+
+def _np_conv(locs, ip, fp, p, vals, w):
+    nc, hv, wv, c_out, oh, ow, cin_g, kh, kw, sh, sw, pt, pl, dh, dw, group, w_off, slot, bh, bw, vpt, vpl = (
+        int(v) for v in ip[p + 1:p + 23])
+    padval = float(fp[ip[p + 23]])
+    cout_g = c_out // group
+    f = locs
+    ox = f % ow
+    f = f // ow
+    oy = f % oh
+    f = f // oh
+    co = f % c_out
+    n = f // c_out
+    by, bx = oy * sh - pt, ox * sw - pl
+    ky0, ky1 = _np_range(by, kh, dh, hv)
+    kx0, kx1 = _np_range(bx, kw, dw, wv)
+    keep = (ky0 < ky1) & (kx0 < kx1)
+    n, co, by, bx, ky0, ky1, kx0, kx1 = (a[keep] for a in (n, co, by, bx, ky0, ky1, kx0, kx1))
+    c0 = (co // cout_g) * cin_g
+    wbase = w_off + co * (cin_g * kh * kw)
+    cl = np.arange(cin_g)
+    s = np.zeros((len(n), cin_g), np.float64)
+    for ky in range(kh):
+        vy = (ky >= ky0) & (ky < ky1)
+        iy = by + ky * dh
+        for kx in range(kw):
+            valid = vy & (kx >= kx0) & (kx < kx1)
+            if not valid.any():
+                continue
+            xv = _np_read(vals, slot, n[:, None], c0[:, None] + cl, iy[:, None], (bx + kx * dw)[:, None], nc, bh, bw,
+                          vpt, vpl, padval)
+            wv_ = w[wbase[:, None] + cl * (kh * kw) + (ky * kw + kx)].astype(np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):
+                s += np.where(valid[:, None], xv * wv_, 0.0)
+    best_c = np.argmax(s, axis=1) if cin_g else np.zeros(len(n), np.int64)
+    best_v = np.zeros(len(n), np.float64)
+    best_y = np.full(len(n), -1, np.int64)
+    best_x = np.full(len(n), -1, np.int64)
+    found = np.zeros(len(n), np.bool_)
+    wc = wbase + best_c * (kh * kw)
+    for ky in range(kh):
+        vy = (ky >= ky0) & (ky < ky1)
+        iy = by + ky * dh
+        for kx in range(kw):
+            valid = vy & (kx >= kx0) & (kx < kx1)
+            if not valid.any():
+                continue
+            ix = bx + kx * dw
+            xv = _np_read(vals, slot, n, c0 + best_c, iy, ix, nc, bh, bw, vpt, vpl, padval)
+            with np.errstate(invalid="ignore", over="ignore"):
+                v = xv * w[wc + ky * kw + kx].astype(np.float64)
+            upd = valid & _np_better(v, best_v, found)
+            best_v = np.where(upd, v, best_v)
+            best_y = np.where(upd, iy, best_y)
+            best_x = np.where(upd, ix, best_x)
+            found |= upd
+    return ((n * nc + c0 + best_c) * hv + best_y) * wv + best_x
+
+
+def _np_pool(locs, ip, fp, p, vals):
+    nc, hv, wv, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, slot, bh, bw, vpt, vpl = (int(v) for v in ip[p + 1:p + 19])
+    padval = float(fp[ip[p + 19]])
+    ox = locs % ow
+    f = locs // ow
+    oy = f % oh
+    nci = f // oh
+    by, bx = oy * sh - pt, ox * sw - pl
+    ky0, ky1 = _np_range(by, kh, dh, hv)
+    kx0, kx1 = _np_range(bx, kw, dw, wv)
+    keep = (ky0 < ky1) & (kx0 < kx1)
+    nci, by, bx, ky0, ky1, kx0, kx1 = (a[keep] for a in (nci, by, bx, ky0, ky1, kx0, kx1))
+    best_v = np.zeros(len(nci), np.float64)
+    best_y = np.full(len(nci), -1, np.int64)
+    best_x = np.full(len(nci), -1, np.int64)
+    found = np.zeros(len(nci), np.bool_)
+    for ky in range(kh):
+        vy = (ky >= ky0) & (ky < ky1)
+        iy = by + ky * dh
+        for kx in range(kw):
+            valid = vy & (kx >= kx0) & (kx < kx1)
+            if not valid.any():
+                continue
+            ix = bx + kx * dw
+            v = _np_read(vals, slot, nci // nc, nci % nc, iy, ix, nc, bh, bw, vpt, vpl, padval)
+            upd = valid & _np_better(v, best_v, found)
+            best_v = np.where(upd, v, best_v)
+            best_y = np.where(upd, iy, best_y)
+            best_x = np.where(upd, ix, best_x)
+            found |= upd
+    return (nci * hv + best_y) * wv + best_x
+
+
+def _np_gpool(locs, ip, p, vals):
+    r, slot = int(ip[p]), int(ip[p + 1])
+    base = locs * r
+    if r == 0 or len(locs) == 0:
+        return base
+    return base + np.argmax(vals[slot][base[:, None] + np.arange(r)], axis=1)
+
+
+def _np_fc(locs, ip, p, vals, w):
+    k_dim, n_dim, mode, slot, w_off = (int(v) for v in ip[p + 1:p + 6])
+    mm, nn = locs // n_dim, locs % n_dim
+    k = np.arange(k_dim)
+    with np.errstate(invalid="ignore", over="ignore"):
+        prod = (vals[slot][mm[:, None] * k_dim + k].astype(np.float64)
+                * w[w_off + k * n_dim + nn[:, None]].astype(np.float64))
+    if mode == 1:
+        return mm * k_dim + (np.argmax(prod, axis=1) if k_dim else 0)
+    with np.errstate(invalid="ignore"):
+        i, kk = np.nonzero(prod > 0.0)
+    return mm[i] * k_dim + kk
+
+
+def run_plan_numpy(steps, ip, fp, w, vals, n_tensors, start_t, start_flat):
+    """:func:`run_plan` in numpy (the same sets; ``vals``: the activations as flat float32 arrays per slot)."""
+    chunks: list[list[np.ndarray]] = [[] for _ in range(n_tensors)]
+    final: list[np.ndarray | None] = [None] * n_tensors
+    sent = np.zeros(n_tensors, np.bool_)
+    sent[start_t] = True
+    chunks[start_t].append(np.asarray(start_flat, np.int64))
+    empty = np.zeros(0, np.int64)
+
+    def finish(t: int) -> None:
+        if final[t] is None:
+            final[t] = np.unique(np.concatenate(chunks[t])) if chunks[t] else empty
+
+    for s in range(steps.shape[0]):
+        op, o, t_in, p, flag = (int(v) for v in steps[s])
+        finish(o)
+        locs = final[o]
+        if len(locs) == 0:
+            continue
+        if op == ADD:
+            targets, flats, win = _np_add(locs, ip, fp, p, vals)
+            for j, t in enumerate(targets):
+                if t >= 0:
+                    sent[t] = True
+                    chunks[t].append(flats[j][win == j])
+            continue
+        if op == FLAT:
+            res = locs
+        elif op == MAP:
+            res = _np_map(locs, ip, p)
+        elif op == CONV:
+            res = _np_conv(locs, ip, fp, p, vals, w)
+        elif op == POOL:
+            res = _np_pool(locs, ip, fp, p, vals)
+        elif op == GPOOL:
+            res = _np_gpool(locs, ip, p, vals)
+        else:
+            res = _np_fc(locs, ip, p, vals, w)
+        if flag == 1 and len(res) == 0:
+            continue
+        sent[t_in] = True
+        chunks[t_in].append(np.asarray(res, np.int64))
+    for t in range(n_tensors):
+        finish(t)
+    offsets = np.zeros(n_tensors + 1, np.int64)
+    offsets[1:] = np.cumsum([len(f) for f in final])
+    return np.concatenate(final) if n_tensors else empty, offsets, sent

@@ -167,8 +167,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="pixel scale before mean/std (default 1/255)")
     p.add_argument("--layout", choices=["nchw", "nhwc"], default=None)
     p.add_argument("--channels", choices=["rgb", "bgr", "gray"], default=None)
-    p.add_argument("--head", default=None, choices=_head_choices(),
-                   help="how to read the explained output (default: recognised from its shape; docs/detection.md)")
+    p.add_argument("--head", default=None, metavar="|".join(_head_choices()),
+                   help="how to read the explained output (default: recognised from its shape; ctc:BLANK names the "
+                        "CTC blank; docs/detection.md)")
     p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
                    help="value of another model input, held fixed (repeatable; default: from the graph)")
     p.add_argument("--time-axis", type=int_arg(-8, 8), default=None, help="time axis of a sequence output")
@@ -363,6 +364,7 @@ def cmd_inspect(argv: list[str]) -> int:
     a = p.parse_args(argv)
     from onnxfix.autodiff import VJP_RULES
     from onnxfix.fixations import RULES
+    from onnxfix.heads import kind_summary
     from onnxfix.methods import METHODS
     from onnxfix.model import Model
 
@@ -376,7 +378,7 @@ def cmd_inspect(argv: list[str]) -> int:
         "inputs": [{"name": i, "shape": list(g.shape(i) or [])} for i in g.inputs],
         "outputs": [{"name": o, "shape": list(g.shape(o) or [])} for o in g.outputs],
         "explained": {"output": m.head.output, "logits": m.head.logits, "class_axis": m.head.class_axis,
-                      "time_axis": m.head.time_axis},
+                      "time_axis": m.head.time_axis, "head": kind_summary(m.head, m)},
         "ops": dict(sorted(inv.items(), key=lambda kv: -kv[1])),
         "fixations_rules_missing": sorted({n.op_type for n in path if n.op_type not in RULES}),
         "autodiff_rules_missing": sorted({n.op_type for n in path if n.op_type not in VJP_RULES}),
@@ -394,7 +396,8 @@ def cmd_inspect(argv: list[str]) -> int:
     lines = [f"model    {printable(a.model)}  (opset {g.opset}, {sum(inv.values())} nodes)"]
     lines += [f"input    {printable(i['name'])}  {i['shape']}" for i in info["inputs"]]
     lines += [f"output   {printable(o['name'])}  {o['shape']}" for o in info["outputs"]]
-    lines.append(f"explains {printable(m.head.logits)}" + (" (before softmax)" if m.head.softmax else ""))
+    lines.append(f"explains {printable(m.head.logits)}" + (" (before softmax)" if m.head.softmax else "")
+                 + f"  head: {printable(info['explained']['head'])}")
     lines.append(f"preprocess {printable(info['preprocess'])}")
     lines.append("ops      " + ", ".join(f"{printable(k)} {v}" for k, v in info["ops"].items()))
     miss = info["fixations_rules_missing"]

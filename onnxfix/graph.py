@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from onnxfix.canonize_ms import decompose_fused
 from onnxfix.errors import InputError
 
 # SHAPE_ONLY: ops that read only a shape; DISCRETE: ops whose output is an index chosen by the input's values —
@@ -300,6 +301,7 @@ class Graph:
             if o not in produced and o not in self.inputs and o not in self.constants:
                 raise InputError(f"graph output {o!r} is produced by no node")
         self._between_cache: dict[tuple, tuple[Node, ...]] = {}
+        self._shapes_at_cache: dict[int, dict[str, tuple[int, ...]]] = {}
         self.nx = self._build_nx()
         try:
             order = [n for n in nx.topological_sort(self.nx) if n[0] == "op"]
@@ -315,7 +317,7 @@ class Graph:
     @classmethod
     def from_model(cls, model: onnx.ModelProto) -> Graph:
         """Analyse ``model``: fold constants, infer shapes, normalise attributes."""
-        folded = fold_constants(model)
+        folded = fold_constants(decompose_fused(model))
         folded = _infer(folded)
         return cls(folded, original=model)
 
@@ -392,6 +394,37 @@ class Graph:
     def shape(self, tensor: str) -> tuple[int | None, ...] | None:
         t = self.tensors.get(tensor)
         return t.shape if t is not None else None
+
+    def shapes_at(self, n_batch: int) -> dict[str, tuple[int, ...]]:
+        """Static shapes of the tensors when the graph runs on a batch of ``n_batch``: shape inference (with data
+        propagation) on a copy whose inputs have that batch. Unlike setting axis 0 of :meth:`shape`, this is right
+        for tensors whose leading axis is not the batch (a Swin window tensor is ``[batch·windows, tokens, C]``).
+        Tensors inference cannot pin down are absent. Cached per batch size."""
+        hit = self._shapes_at_cache.get(n_batch)
+        if hit is not None:
+            return hit
+        m = onnx.ModelProto()
+        m.CopyFrom(self.model)
+        del m.graph.value_info[:]
+        for vi in m.graph.input:
+            if vi.name in self.constants or not vi.type.tensor_type.HasField("shape"):
+                continue
+            dims = vi.type.tensor_type.shape.dim
+            if len(dims):
+                dims[0].Clear()
+                dims[0].dim_value = n_batch
+        for vi in m.graph.output:
+            vi.type.tensor_type.ClearField("shape")
+        inferred = _infer(m)
+        out: dict[str, tuple[int, ...]] = {}
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+            dims = _dims(vi)
+            if _static(dims):
+                out[vi.name] = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+        for name, arr in self.constants.items():
+            out[name] = tuple(arr.shape)
+        self._shapes_at_cache[n_batch] = out
+        return out
 
     def data_inputs(self, node: Node) -> list[str]:
         """Inputs of ``node`` that carry data (not constants, not empty optional slots)."""

@@ -12,8 +12,19 @@ Recognition (:func:`recognise`), first rule that fits:
 * **YOLOv8/11** (``"yolov8"``): [N, 4 + C, A] with A > 2 (4 + C), **YOLOv5** (``"yolov5"``): [N, A, 5 + C] with
   A > 2 (5 + C) — when the graph computes it as a detector does (a ``Concat`` at the end, ``Sigmoid`` behind it) or
   the metadata says ``task: detect`` (ultralytics). A text recogniser [N, T, C] has neither, and stays a sequence;
+* **YOLOX** (``"yolox"``, exported with ``decode_in_inference=False``): a YOLOv5-shaped [N, A, 5 + C] whose A is the
+  number of grid cells of strides 8, 16, 32 (and 64) for the static input size, one prediction per cell, and no
+  ``Exp``/``Pow`` in the graph (the boxes are raw: onnxfix decodes x, y = (raw + cell) × stride, w, h = exp(raw) ×
+  stride, as YOLOX's ``demo_postprocess``); objectness and classes are sigmoided in the graph;
 * **dense** (``"dense"``): [N, C, H, W] with spatial extent; C = 1 is a single map (text / salient object);
-* else classifier or sequence (:mod:`onnxfix.model`'s rules).
+* else classifier or sequence (:mod:`onnxfix.model`'s rules). ``--head ctc`` (or ``ctc:BLANK``) names a sequence
+  head whose classes are CTC outputs (:func:`ctc_blank`).
+
+**CTC** (:func:`ctc_blank`): a sequence output is a CTC recogniser when ``--head ctc[:BLANK]`` says so, when the
+metadata has ``onnxfix.ctc_blank`` (the blank's index), or when it has PaddleOCR's ``character`` vocabulary (blank 0,
+as PaddleOCR's ``CTCLabelDecode`` inserts it). ``--head ctc`` without an index takes the class labelled ``blank``,
+else 0 (``torch.nn.CTCLoss``'s default). The blank is skipped when the default step is chosen, and the whole greedy
+decoding is a target (:class:`onnxfix.targets.Text`).
 
 Detections (:func:`detections`): centre-format boxes (x, y, w, h in input pixels; ``xyxy`` for SSD), confidence =
 max class score (× objectness for YOLOv5), kept above ``conf``, per-class greedy NMS at ``iou``, by decreasing
@@ -25,13 +36,14 @@ methods score that prediction, and CNN Fixations start from it.
 
 from __future__ import annotations
 
-import ast
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from onnxfix.errors import InputError, UnsupportedModel
+from onnxfix.io.labels import metadata_labels
 from onnxfix.targets import Resolved
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,9 +52,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from onnxfix.targets import Box
 
 #: what ``--head`` accepts
-HEAD_CHOICES = ("classifier", "sequence", "yolov8", "yolov5", "ssd", "nms", "dense")
+HEAD_CHOICES = ("classifier", "sequence", "ctc", "yolov8", "yolov5", "yolox", "ssd", "nms", "dense")
 
-DETECTION_KINDS = ("yolov8", "yolov5", "ssd")
+DETECTION_KINDS = ("yolov8", "yolov5", "yolox", "ssd")
+
+#: YOLOX's strides (a P6 model adds 64)
+YOLOX_STRIDES = (8, 16, 32)
 
 #: default confidence and IoU thresholds of the numpy NMS (ultralytics' predict defaults)
 CONF = 0.25
@@ -168,10 +183,34 @@ def decode(head: Head, item: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
         a = a.reshape(a.shape[-2], a.shape[-1]).T  # [A, 4 + C]
         return xywh_to_xyxy(a[:, :4]), a[:, 4:], None
     a = a.reshape(-1, a.shape[-1])
+    if head.layout == "yolox":
+        cells, strides = yolox_grid(head, len(a))
+        xywh = np.concatenate([(a[:, :2] + cells) * strides, np.exp(np.clip(a[:, 2:4], -50, 50)) * strides], axis=1)
+        return xywh_to_xyxy(xywh), a[:, 5:], a[:, 4]
     boxes = a[:, :4] if head.box_format == "xyxy" else xywh_to_xyxy(a[:, :4])
     if head.layout == "yolov5":
         return boxes, a[:, 5:], a[:, 4]
     return boxes, a[:, 4:], None
+
+
+def _yolox_counts(h: int, w: int, strides: tuple[int, ...]) -> int:
+    return sum((h // s) * (w // s) for s in strides)
+
+
+def yolox_grid(head: Head, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """YOLOX's cell offsets [A, 2] (x, y) and strides [A, 1] for the head's input size (``extra["size"]``, "HxW")."""
+    h, w = (int(v) for v in head.extra["size"].split("x"))
+    strides = tuple(int(v) for v in head.extra.get("strides", "8,16,32").split(","))
+    cells, per = [], []
+    for s in strides:
+        gx, gy = np.meshgrid(np.arange(w // s), np.arange(h // s))
+        cells.append(np.stack([gx, gy], 2).reshape(-1, 2))
+        per.append(np.full((cells[-1].shape[0], 1), s))
+    c, st = np.concatenate(cells).astype(np.float64), np.concatenate(per).astype(np.float64)
+    if len(c) != n:
+        raise UnsupportedModel(f"yolox head: {n} predictions, but the grid of strides {strides} on {h}x{w} has "
+                               f"{len(c)}; choose --head yolov5 (boxes already decoded)")
+    return c, st
 
 
 def detections(head: Head, item: np.ndarray, conf: float = CONF, iou_threshold: float = IOU,
@@ -253,7 +292,7 @@ def _resolve_box(model: Model, logits: np.ndarray, n: int, box: Box) -> BoxResol
     w = np.zeros(item.shape, np.float32)
     wv = _as_rows(h, w)  # view [A, F]
     k = d.cls if cls is None else cls
-    off = 5 if h.layout == "yolov5" else 4
+    off = 5 if h.layout in ("yolov5", "yolox") else 4
     if box.part in ("score", "both"):
         wv[d.index, off + k] = 1.0
     if box.part in ("box", "both"):
@@ -324,44 +363,16 @@ def _detector_like(g: Graph, name: str, depth: int = 10) -> bool:
     return "Sigmoid" in ops
 
 
-def parse_names(metadata: dict[str, str], n: int | None) -> list[str] | None:
-    """Class names from exporters' metadata: ultralytics ``names`` (a dict literal), ``labels``/``classes``
-    (a list or comma/newline-separated text), PaddleOCR ``character`` (newline-separated; CTC blank first)."""
-    for key in ("names", "labels", "classes", "character"):
-        text = metadata.get(key)
-        if not text or len(text) > 2_000_000:
-            continue
-        try:
-            obj = ast.literal_eval(text)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            obj = [s for s in text.splitlines() if s] if "\n" in text else [s.strip() for s in text.split(",")]
-        if isinstance(obj, dict):
-            try:
-                obj = [str(obj[k]) for k in sorted(obj, key=int)]
-            except (TypeError, ValueError):
-                continue
-        if not isinstance(obj, list | tuple):
-            continue
-        names = [str(s) for s in obj]
-        if key == "character":
-            names = ["blank", *names]
-            if n is not None and len(names) == n - 1:
-                names.append(" ")
-        if n is None or len(names) == n:
-            return names
-    return None
-
-
 def recognise(g: Graph, name: str, logits: str, softmax_head: bool, shape: tuple, symbolic: list[int],
               metadata: dict[str, str], image: str, override: str | None = None,
               time_axis: int | None = None, class_axis: int | None = None) -> Head | None:
     """A detection/NMS/dense head for output ``name`` (``logits``: the tensor explained), or ``None``: then
     :mod:`onnxfix.model` applies its classifier/sequence rules (with the ``time_axis``/``class_axis``
     overrides). ``override``: a :data:`HEAD_CHOICES` entry."""
-    if override is not None and override not in HEAD_CHOICES:
-        raise InputError(f"--head {str(override)[:40]!r} is not one of {', '.join(HEAD_CHOICES)}")
+    if override is not None and override not in HEAD_CHOICES and not _CTC.fullmatch(str(override)):
+        raise InputError(f"--head {str(override)[:40]!r} is not one of {', '.join(HEAD_CHOICES)} (or ctc:BLANK)")
     rank = len(shape)
-    if override in ("classifier", "sequence"):
+    if override in ("classifier", "sequence") or _CTC.fullmatch(str(override)):
         return None
     float_outs = [o.name for o in g.model.graph.output if o.type.tensor_type.elem_type in (1, 10, 11, 16)]
     if override == "nms" or (override is None and _has_nms(g, image)):
@@ -377,7 +388,7 @@ def recognise(g: Graph, name: str, logits: str, softmax_head: bool, shape: tuple
                                    f"outputs: {_shapes(g)}")
         return Head(pair[1], "onnxfix/detections", 3, 2, 0, None, False, "detection", "ssd",
                     _last(g, pair[1]), "xyxy", {"boxes": pair[0], "scores": pair[1]})
-    if rank == 3 or override in ("yolov8", "yolov5"):
+    if rank == 3 or override in ("yolov8", "yolov5", "yolox"):
         if rank != 3:
             raise UnsupportedModel(f"--head {override}: output {name!r} {list(shape)} is not rank 3 "
                                    "([N, 4+C, A] or [N, A, 5+C])")
@@ -389,11 +400,67 @@ def recognise(g: Graph, name: str, logits: str, softmax_head: bool, shape: tuple
             if not isinstance(d1, int) or d1 <= 4:
                 raise UnsupportedModel(f"--head yolov8: output {name!r} {list(shape)} is not [N, 4+C, A]")
             return Head(name, name, rank, 1, 0, None, False, "detection", "yolov8", d1 - 4)
+        size = _static_hw(g, image)
+        grid = None if size is None or not isinstance(d1, int) else next(
+            (st for st in (YOLOX_STRIDES, (*YOLOX_STRIDES, 64)) if _yolox_counts(*size, st) == d1), None)
+        raw = not ({"Exp", "Pow"} & {n.op_type for n in g.nodes})
+        if override == "yolox" or (override is None and hinted and v5 and grid is not None and raw):
+            if not isinstance(d2, int) or d2 <= 5 or size is None or grid is None:
+                raise UnsupportedModel(f"--head yolox: output {name!r} {list(shape)} is not [N, A, 5+C] with A the "
+                                       f"grid cells of strides 8/16/32(/64) of a static input ({_shapes(g)})")
+            return Head(name, name, rank, 2, 0, None, False, "detection", "yolox", d2 - 5,
+                        extra={"size": f"{size[0]}x{size[1]}", "strides": ",".join(map(str, grid))})
         if override == "yolov5" or (override is None and hinted and v5):
             if not isinstance(d2, int) or d2 <= 5:
                 raise UnsupportedModel(f"--head yolov5: output {name!r} {list(shape)} is not [N, A, 5+C]")
             return Head(name, name, rank, 2, 0, None, False, "detection", "yolov5", d2 - 5)
     return None
+
+
+_CTC = re.compile(r"ctc(:[0-9]{1,9})?")
+
+
+def _static_hw(g: Graph, image: str) -> tuple[int, int] | None:
+    s = g.shape(image)
+    if s is None or len(s) != 4:
+        return None
+    hw = (s[2], s[3]) if isinstance(s[1], int) and s[1] in (1, 3, 4) else (s[1], s[2])
+    return (int(hw[0]), int(hw[1])) if all(isinstance(d, int) and d > 0 for d in hw) else None
+
+
+def ctc_blank(model: Model) -> int | None:
+    """The CTC blank class of the explained sequence output, or ``None`` when it is not a CTC output (see the module
+    docstring: ``--head ctc[:BLANK]``, metadata ``onnxfix.ctc_blank``, PaddleOCR's ``character`` → 0).
+
+    Raises
+    ------
+    InputError
+        The blank named is not a class of the output, or the metadata's is not an integer.
+    """
+    h = model.head
+    if h.kind != "sequence" or h.time_axis is None:
+        return None
+    ov = str(getattr(model, "_head_override", None) or "")
+    meta = model.metadata
+    if _CTC.fullmatch(ov):
+        if ":" in ov:
+            blank, where = int(ov.split(":", 1)[1]), f"--head {ov}"
+        else:
+            labels = model.labels or []
+            blank, where = (labels.index("blank") if "blank" in labels else 0), "--head ctc"
+    elif "onnxfix.ctc_blank" in meta:
+        text, where = meta["onnxfix.ctc_blank"].strip(), "the model's metadata onnxfix.ctc_blank"
+        if not re.fullmatch(r"[0-9]{1,9}", text):
+            raise InputError(f"{where} {text[:40]!r} is not a class index")
+        blank = int(text)
+    elif "character" in meta:
+        blank, where = 0, "PaddleOCR's blank"
+    else:
+        return None
+    n = model.n_classes
+    if n is not None and not 0 <= blank < n:
+        raise InputError(f"{where}: blank {blank} is not a class of the output (0..{n - 1})")
+    return blank
 
 
 def _shapes(g: Graph) -> str:
@@ -492,8 +559,13 @@ def joined_detections(proto: Any, head: Head) -> None:
     g.output.append(helper.make_tensor_value_info(head.logits, TensorProto.FLOAT, None))
 
 
-def kind_summary(head: Head) -> str:
-    """One line for ``inspect``."""
+def kind_summary(head: Head, model: Model | None = None) -> str:
+    """One line for ``inspect`` (with ``model``: a sequence's CTC blank too)."""
+    if head.kind == "sequence" and model is not None:
+        blank = ctc_blank(model)
+        return "sequence" if blank is None else f"sequence (CTC, blank {blank})"
+    if head.kind == "dense":
+        return "dense (single map)" if model is not None and model.n_classes == 1 else "dense"
     if head.kind == "detection":
         return f"detection ({head.layout}, {head.n_classes} classes, boxes {head.box_format})"
     if head.kind == "nms":
@@ -502,6 +574,7 @@ def kind_summary(head: Head) -> str:
 
 
 resolve_box = _resolve_box
+parse_names = metadata_labels  # the name onnxfix.model imports
 
 
 def neck_layer(model: Model) -> str | None:

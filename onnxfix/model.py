@@ -244,11 +244,17 @@ class Model:
         symbolic = [i for i, d in enumerate(dims) if not d.HasField("dim_value")]
         if shape is None:
             shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+        if not shape:
+            raise UnsupportedModel(f"output {name!r} is a scalar; nothing to explain")
+        ishape = g.shape(self.input) or ()
+        if any(d is None for d in shape) or not all(isinstance(d, int) and d > 0 for d in ishape[1:]):
+            probed = self._probe_shape(logits, tuple(shape))
+            if len(probed) != len(shape):  # the declared shape was wrong: its symbolic axes mean nothing
+                symbolic = []
+            shape = probed
         rank = len(shape)
         if rank == 0:
             raise UnsupportedModel(f"output {name!r} is a scalar; nothing to explain")
-        if any(d is None for i, d in enumerate(shape) if i != (symbolic[0] if symbolic else -1)):
-            shape = self._probe_shape(logits, shape)
         from onnxfix.heads import recognise
 
         special = recognise(g, name, logits, softmax_head, tuple(shape), symbolic, self.metadata, self.input,
@@ -275,27 +281,46 @@ class Model:
                 batch_axis = next((i for i in range(rank) if i not in (time_axis, class_axis)), None)
         if self._head_override == "sequence" and time_axis is None:
             raise UnsupportedModel(f"--head sequence: output {name!r} {list(shape)} has no time axis")
+        # a probed shape that disagrees with the declared one: its class count is the one to trust
+        n_cls = shape[class_axis] if isinstance(shape[class_axis], int) and \
+            self._dim(logits, class_axis) != shape[class_axis] else None
         return Head(name, logits, rank, class_axis, batch_axis, time_axis, softmax_head,
-                    "sequence" if time_axis is not None else "classifier")
+                    "sequence" if time_axis is not None else "classifier", n_classes=n_cls)
 
     def _probe_shape(self, tensor: str, shape: tuple) -> tuple:
         """The run-time shape of ``tensor`` for a batch-1 input of zeros (declared shapes can be symbolic or wrong,
-        e.g. an exporter's ``[1, seqlen]`` that is really [T, 1, C]); the batch axis stays symbolic. Only when the
-        image input's other dimensions are fixed; else the declared shape."""
+        e.g. ddddocr's declared ``[1, seqlen]`` that is really [T, 1, C]); the batch axis stays symbolic.
+
+        A dynamic height/width of the image input gets stand-in sizes (64, then 96 on the last dynamic axis, both
+        multiples of 32 as detectors and OCR trunks need): a dimension of ``tensor`` that changes between the two
+        runs depends on the image size and stays unknown (``None``). When the probe cannot run, the declared shape
+        stands."""
         ishape = self.graph.shape(self.input) or ()
         dt = self.graph.tensors[self.input].dtype
-        if not ishape or not all(isinstance(d, int) and d > 0 for d in ishape[1:]) or dt is None \
-                or int(np.prod(ishape[1:])) > 16_000_000:
+        if not ishape or dt is None:
             return shape
+        rest = [d if isinstance(d, int) and d > 0 else None for d in ishape[1:]]
+        dynamic = [i for i, d in enumerate(rest) if d is None]
+        if len(dynamic) > 2:  # more than H and W unknown (channels too): no sensible stand-in
+            return shape
+        sizes = [64 if d is None else d for d in rest]
+        if int(np.prod(sizes)) > 16_000_000:
+            return shape
+        runs = [sizes] if not dynamic else [sizes, [96 if i == dynamic[-1] else d for i, d in enumerate(sizes)]]
+        real: list[tuple[int, ...]] = []
         try:
-            x = np.zeros((1, *ishape[1:]), dt)
-            real = self.runtime.run({self.input: x}, [tensor])[tensor].shape
+            for dims in runs:
+                x = np.zeros((1, *dims), dt)
+                real.append(tuple(self.runtime.run({self.input: x}, [tensor])[tensor].shape))
         except Exception:  # noqa: BLE001 - the probe is a hint; the declared shape stands
             return shape
-        if len(real) != len(shape):
-            return tuple(real)
-        return tuple(None if d is None and r == 1 and i == 0 else int(r) for i, (d, r) in enumerate(zip(shape, real,
-                                                                                                         strict=True)))
+        if len({len(r) for r in real}) != 1:
+            return shape
+        got = tuple(None if any(r[i] != real[0][i] for r in real) else int(real[0][i]) for i in range(len(real[0])))
+        if len(got) != len(shape):
+            return got
+        return tuple(None if (d is None and r == 1 and i == 0) or r is None else r
+                     for i, (d, r) in enumerate(zip(shape, got, strict=True)))
 
     # -- preprocessing and targets ------------------------------------------------------------------------------
     def preprocess(self, **overrides) -> Preprocess:

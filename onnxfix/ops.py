@@ -41,13 +41,15 @@ class OpInfo:
 _UNARY = ("Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "BatchNormalization",
           "Dropout", "Identity", "Cast", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Gelu", "Erf", "Abs", "Neg",
           "Exp", "Log", "Sqrt", "Mish", "ThresholdedRelu", "InstanceNormalization", "Reciprocal", "Floor", "Ceil",
-          "Round", "Sign", "Sin", "Cos")
+          "Round", "Sign", "Sin", "Cos",
+          "FastGelu", "BiasGelu", "QuickGelu")  # com.microsoft GELUs (a constant bias at most): onnxfix/canonize_ms.py
 _BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean")
 _WINDOWED = ("Conv", "MaxPool", "AveragePool", "LpPool")
 _VIEW = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout")
 _MIXES = ("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "Reshape", "Flatten", "Gemm", "MatMul", "Resize",
           "Upsample", "ConvTranspose", "ReduceMean", "ReduceMax", "ReduceSum", "Squeeze", "Unsqueeze", "Slice",
-          "Gather", "Split", "LSTM", "GRU", "RNN", "SpaceToDepth", "DepthToSpace", "Expand", "Tile")
+          "Gather", "Split", "LSTM", "GRU", "RNN", "SpaceToDepth", "DepthToSpace", "Expand", "Tile",
+          "Attention", "MultiHeadAttention", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization")
 
 OPS: dict[str, OpInfo] = {}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -28,8 +29,20 @@ from onnxfix.sessions import choose_providers, make_session, session_options  # 
 MEMORY_FRACTION = 0.5
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (``MemAvailable``), or ``None`` when unknown."""
+_MEM_READ: list = [-1.0, None]  # (monotonic time of the last reading, its value)
+
+
+def available_memory(max_age: float = 0.5) -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable``), or ``None`` when unknown; a reading at
+    most ``max_age`` seconds old is reused (forwards in a loop need not read /proc each time; 0: read now)."""
+    now = time.monotonic()
+    if max_age > 0 and 0 <= now - _MEM_READ[0] <= max_age:
+        return _MEM_READ[1]
+    _MEM_READ[:] = [now, _read_available_memory()]
+    return _MEM_READ[1]
+
+
+def _read_available_memory() -> int | None:
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
@@ -58,6 +71,7 @@ class Runtime:
         #: bytes the exposed tensors of one forward may take; ``None``: MEMORY_FRACTION of the available memory
         self.memory_budget: int | None = None
         self._shape_cache: dict[tuple, dict[str, tuple[int | None, ...]]] = {}
+        self._need_cache: dict[tuple, int] = {}
 
     # -- sessions -----------------------------------------------------------------------------------------------
     def _options(self) -> ort.SessionOptions:
@@ -153,13 +167,18 @@ class Runtime:
         """Refuse (``InputError``) a forward whose exposed tensors would exceed the memory budget."""
         if not tensors:
             return
+        key = (tuple(tensors), tuple((k, v.shape) for k, v in feeds.items()))
+        need = self._need_cache.get(key)
+        if need is None:
+            need = self._need_cache[key] = self.exposed_bytes(tensors, feeds)
+            if len(self._need_cache) > 64:
+                self._need_cache.pop(next(iter(self._need_cache)))
         budget = self.memory_budget
         if budget is None:
             avail = available_memory()
             if avail is None:
                 return
             budget = int(avail * MEMORY_FRACTION)
-        need = self.exposed_bytes(tensors, feeds)
         if need > budget:
             mb = 1024**2
             raise InputError(

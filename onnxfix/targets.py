@@ -14,11 +14,17 @@ target every method family reads what it needs, through one path:
 Targets: :class:`Class` (a class index or label; ``None`` = the top class), :class:`Step` (a step of a sequence
 output), :class:`Box` (a detection — the heads come with the detectors work; refused with a clear error until then),
 :class:`Region` (a segmentation class summed over a mask or box; default its predicted mask), :class:`Output` (any
-element or seed of the explained output). :func:`parse_target` reads the CLI's strings: ``281``, ``espresso``,
-``box:0``, ``box:10,20,80,90``, ``region:3``, ``step:4``.
+element or seed of the explained output), :class:`Text` (the whole string a CTC recogniser reads: the sum over its
+steps). :func:`parse_target` reads the CLI's strings: ``281``, ``espresso``, ``box:0``, ``box:10,20,80,90``,
+``region:3``, ``step:4``, ``text``, ``text:STRING``.
 
-Decisions: integers are ASCII digits only (``"²"`` is a label, not 2); ``True``/``False`` and non-integral floats are
-refused; a label is matched exactly, then case-insensitively.
+CTC outputs (:func:`onnxfix.heads.ctc_blank`): the default step skips the blank — the most confident step whose top
+class is not the blank (with a class named, the step where that class is most probable); a sequence without a known
+blank keeps the most confident step.
+
+Decisions: ``text`` is the Text target, never a label (a class labelled "text" is ``class:text`` /
+``region:text``); integers are ASCII digits only (``"²"`` is a label, not 2); ``True``/``False`` and non-integral
+floats are refused; a label is matched exactly, then case-insensitively.
 """
 
 from __future__ import annotations
@@ -122,7 +128,7 @@ def class_index(model: Model, value: int | str | np.integer, n: int) -> int:
     return index
 
 
-def _step_of(model: Model, logits: np.ndarray, n: int, step: int | None) -> int | None:
+def _step_of(model: Model, logits: np.ndarray, n: int, step: int | None, cls: Any = None) -> int | None:
     h = model.head
     if h.time_axis is None:
         if step is not None:
@@ -131,8 +137,18 @@ def _step_of(model: Model, logits: np.ndarray, n: int, step: int | None) -> int 
         return None
     T = logits.shape[h.time_axis]
     if step is None:
-        conf = [softmax(model.scores_at(logits, t, n)).max() for t in range(T)]
-        return int(np.argmax(conf))
+        from onnxfix.heads import ctc_blank
+
+        probs = [softmax(model.scores_at(logits, t, n)) for t in range(T)]
+        blank = ctc_blank(model)
+        if blank is not None and cls is not None:  # where the recogniser reads that class
+            k = class_index(model, cls, len(probs[0]))
+            return int(np.argmax([p[k] for p in probs]))
+        if blank is not None:
+            read = [t for t in range(T) if int(np.argmax(probs[t])) != blank]
+            if read:
+                return max(read, key=lambda t: float(probs[t].max()))
+        return int(np.argmax([p.max() for p in probs]))
     if isinstance(step, bool) or not isinstance(step, int | np.integer) or not 0 <= int(step) < T:
         raise InputError(f"step {step!r} is out of range: the output has {T} steps (0..{T - 1})")
     return int(step)
@@ -145,7 +161,7 @@ def _class_target(model: Model, logits: np.ndarray, n: int, cls: Any, step: int 
     if h.kind == "dense":
         raise InputError(f"the explained output {h.output!r} is a dense map {list(logits.shape)} (segmentation); "
                          "a class target needs a region: Region(cls) / --target region:CLS")
-    step = _step_of(model, logits, n, step)
+    step = _step_of(model, logits, n, step, cls)
     scores = model.scores_at(logits, step, n)
     index = int(np.argmax(scores)) if cls is None else class_index(model, cls, len(scores))
     coords = [0] * logits.ndim
@@ -186,6 +202,158 @@ class Step(Target):
 
     def resolve(self, model, logits, n):
         return _class_target(model, logits, n, self.cls, self.t, "step")
+
+
+def log_softmax(v: np.ndarray, axis: int = -1) -> np.ndarray:
+    v = np.asarray(v, np.float64)
+    m = v.max(axis=axis, keepdims=True)
+    return v - m - np.log(np.exp(v - m).sum(axis=axis, keepdims=True))
+
+
+def ctc_greedy(path: np.ndarray, blank: int) -> list[int]:
+    """Greedy CTC decoding of a per-step class path (the argmax per step): collapse repeats, then drop blanks."""
+    out: list[int] = []
+    prev = None
+    for c in np.asarray(path).reshape(-1).tolist():
+        if c != prev and c != blank:
+            out.append(int(c))
+        prev = c
+    return out
+
+
+def ctc_align(logp: np.ndarray, labels: list[int], blank: int) -> np.ndarray | None:
+    """The most probable CTC path (one class per step) that decodes to ``labels`` — Viterbi over the blank-extended
+    label sequence (Graves et al. 2006, §3: the same lattice as the CTC forward pass, with max for sum); ``None``
+    when ``labels`` cannot be read in ``len(logp)`` steps. ``logp``: [T, C] log-probabilities."""
+    T = logp.shape[0]
+    ext = [blank]
+    for c in labels:
+        ext += [c, blank]
+    S = len(ext)
+    ext_a = np.array(ext)
+    neg = -np.inf
+    delta = np.full(S, neg)
+    back = np.zeros((T, S), np.int64)
+    delta[0] = logp[0, blank]
+    if S > 1:
+        delta[1] = logp[0, ext[1]]
+    skip = np.zeros(S, bool)  # s may come from s-2: a label that differs from the label two back
+    skip[2:] = (ext_a[2:] != blank) & (ext_a[2:] != ext_a[:-2])
+    for t in range(1, T):
+        c0 = delta
+        c1 = np.concatenate([[neg], delta[:-1]])
+        c2 = np.where(skip, np.concatenate([[neg, neg], delta[:-2]]), neg)
+        stack = np.stack([c0, c1, c2])
+        arg = np.argmax(stack, axis=0)
+        back[t] = arg
+        delta = stack[arg, np.arange(S)] + logp[t, ext_a]
+    ends = [S - 1, S - 2] if S > 1 else [S - 1]
+    end = max(ends, key=lambda e: delta[e])
+    if not np.isfinite(delta[end]):
+        return None
+    path = np.zeros(T, np.int64)
+    s = end
+    for t in range(T - 1, -1, -1):
+        path[t] = ext[s]
+        s -= int(back[t, s])
+    return path
+
+
+@dataclass(frozen=True)
+class Text(Target):
+    """The whole text a CTC recogniser reads (``--target text``): greedy decoding — the top class per step, repeats
+    collapsed, blanks dropped — explained as the sum over its steps (every step whose top class is not the blank) of
+    that step's class score. ``text`` names another string (``--target text:STRING``): the most probable CTC path
+    that reads it (:func:`ctc_align`), summed the same way; each character must be a class label. ``blank``
+    overrides the head's blank (:func:`onnxfix.heads.ctc_blank`). Resolved: ``label`` the string, ``weights`` one
+    at each (step, class) summed, ``index``/``step`` those of its first character, ``score`` the mean probability
+    of its steps (rapidocr's line confidence).
+
+    By the linearity of gradients, a gradient map of ``Text()`` is the sum of the maps of the :class:`Step` targets
+    at its steps (each with its class)."""
+
+    text: str | None = None
+    blank: int | None = None
+
+    def __post_init__(self):
+        if self.text is not None and (not isinstance(self.text, str) or not self.text):
+            raise InputError(f"Text target: text must be a non-empty string, got {self.text!r}")
+        if self.blank is not None and (isinstance(self.blank, bool) or not isinstance(self.blank, int | np.integer)
+                                       or self.blank < 0):
+            raise InputError(f"Text target: blank must be a class index, got {self.blank!r}")
+
+    def resolve(self, model, logits, n):
+        from onnxfix.heads import ctc_blank
+
+        h = model.head
+        blank = self.blank if self.blank is not None else ctc_blank(model)
+        if h.time_axis is None or blank is None:
+            raise InputError(f"a text target needs a CTC sequence output; {h.output!r} is explained as a {h.kind} "
+                             f"{list(logits.shape)}" + (" without a known blank (name it: --head ctc:BLANK)"
+                                                        if h.time_axis is not None else
+                                                        " (a class labelled 'text' is class:text / region:text)"))
+        T = logits.shape[h.time_axis]
+        S = np.stack([np.asarray(model.scores_at(logits, t, n), np.float64) for t in range(T)])  # [T, C]
+        if not 0 <= blank < S.shape[1]:
+            raise InputError(f"Text target: blank {blank} is not a class of the output (0..{S.shape[1] - 1})")
+        logp = log_softmax(S)
+        if self.text is None:
+            path = S.argmax(axis=1)
+        else:
+            want = _tokens(model, self.text, blank, S.shape[1])
+            path = ctc_align(logp, want, blank)
+            if path is None:
+                raise InputError(f"text target {self.text[:80]!r}: {len(want)} characters cannot be read in the "
+                                 f"output's {T} steps (CTC needs a step per character and a blank between repeats)")
+        steps = np.flatnonzero(path != blank)
+        if not len(steps):
+            raise InputError(f"text target: the model reads no text in this image (all {T} steps are the blank "
+                             f"{blank}); explain a step (--target step:T) instead")
+        from onnxfix.io.labels import label_of
+
+        decoded = ctc_greedy(path, blank)
+        string = "".join(label_of(model.labels, c) for c in decoded)
+        item_shape = list(logits.shape)
+        if h.batch_axis is not None:
+            item_shape[h.batch_axis] = 1
+        w = np.zeros(item_shape, np.float32)
+        idx: list[Any] = [0] * logits.ndim
+        idx[h.time_axis] = steps
+        idx[h.class_axis] = path[steps]
+        w[tuple(idx)] = 1.0
+        first = int(steps[0])
+        coords = [0] * logits.ndim
+        coords[h.time_axis], coords[h.class_axis] = first, int(path[first])
+        if h.batch_axis is not None:
+            coords[h.batch_axis] = n
+        logit = float(S[steps, path[steps]].sum())
+        score = float(np.exp(logp[steps, path[steps]]).mean())
+        # index/step/coords: the first character's (listings show that step's classes); label: the whole string
+        return Resolved(int(path[first]), string, first, tuple(coords), logit, score, weights=w, kind="text")
+
+
+def _tokens(model: Model, text: str, blank: int, n: int) -> list[int]:
+    """Class indices of ``text``: the longest class label matching at each position (the blank never matches)."""
+    names = (model.labels or [])[:n]
+    table: dict[str, int] = {}
+    for i, lab in enumerate(names):
+        if i != blank and lab and lab not in table:
+            table[lab] = i
+    if not table:
+        raise InputError("text target: the model has no class labels to spell the text with; give labels "
+                         "(--labels FILE)")
+    longest = min(max(len(k) for k in table), 32)
+    out: list[int] = []
+    i = 0
+    while i < len(text):
+        for k in range(min(longest, len(text) - i), 0, -1):
+            if text[i:i + k] in table:
+                out.append(table[text[i:i + k]])
+                i += k
+                break
+        else:
+            raise InputError(f"text target: {text[i]!r} (position {i}) is not a class label of the model")
+    return out
 
 
 @dataclass(frozen=True)
@@ -319,7 +487,8 @@ class Output(Target):
 
 def parse_target(value: Any) -> Target | None:
     """A target object from what users write: ``None``, an int, a label, a :class:`Target`, or a CLI string
-    (``281``, ``espresso``, ``box:0``, ``box:10,20,80,90``, ``region:3``, ``step:4``, ``step:4:a``)."""
+    (``281``, ``espresso``, ``box:0``, ``box:10,20,80,90``, ``region:3``, ``step:4``, ``step:4:a``, ``text``,
+    ``text:STRING``)."""
     if value is None or isinstance(value, Target):
         return value
     if isinstance(value, bool):
@@ -335,6 +504,13 @@ def parse_target(value: Any) -> Target | None:
         raise InputError("target text is longer than 1000 characters")
     kind, colon, rest = text.partition(":")
     kind = kind.lower()
+    if text == "text":
+        return Text()
+    if colon and kind == "text":
+        if not rest:
+            raise InputError(f"--target {text!r}: text: wants the string to explain (text:12345), or plain 'text' "
+                             "for what the model reads")
+        return Text(rest)
     if colon and kind in ("box", "region", "step", "class"):
         parts = [p.strip() for p in rest.split(",")] if rest.strip() else []
 

@@ -330,6 +330,236 @@ def broadcast_ref(in_shape, locs: Iterable) -> Locs:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# ops of detectors, segmenters and OCR models (onnxfix/fixations/rules_more.py), from the ONNX operator spec
+
+
+def resize_source(x_r: int, n_in: int, n_out: int, scale: float, ctm: str) -> float:
+    """The original coordinate of output index ``x_r`` along one axis (ONNX Resize,
+    ``coordinate_transformation_mode``), computed in float32 as ONNX Runtime does."""
+    f = np.float32
+    xr, s = f(x_r), f(scale)
+    if ctm == "half_pixel":
+        return float((xr + f(0.5)) / s - f(0.5))
+    if ctm == "pytorch_half_pixel":
+        return float((xr + f(0.5)) / s - f(0.5)) if n_out > 1 else 0.0
+    if ctm == "align_corners":
+        return 0.0 if n_out == 1 else float(xr * f(n_in - 1) / f(n_out - 1))
+    if ctm == "asymmetric":
+        return float(xr / s)
+    if ctm == "tf_half_pixel_for_nn":
+        return float((xr + f(0.5)) / s)
+    if ctm == "half_pixel_symmetric":
+        adj = f(n_out) / (s * f(n_in))
+        off = f(n_in) / f(2) * (f(1) - adj)
+        return float(off + (xr + f(0.5)) / s - f(0.5))
+    raise NotImplementedError(ctm)
+
+
+def _cubic_coeffs(t: float, a: float) -> list[float]:
+    """Keys' cubic convolution weights of the four neighbours floor(x) - 1 .. floor(x) + 2 (ONNX Resize spec)."""
+    return [((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
+            ((a + 2) * t - (a + 3)) * t * t + 1,
+            ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1,
+            ((a * (2 - t) - 5 * a) * (2 - t) + 8 * a) * (2 - t) - 4 * a]
+
+
+def resize_axis_ref(n_in: int, n_out: int, scale: float, mode: str, ctm: str, nearest_mode: str = "round_prefer_floor",
+                    cubic_a: float = -0.75, exclude_outside: int = 0) -> list[list[tuple[int, float]]]:
+    """For every output index of one axis: its sources as (input index, weight), weights of the same (clamped)
+    index added, zero weights dropped, by increasing index."""
+    res = []
+    for o in range(n_out):
+        xo = resize_source(o, n_in, n_out, scale, ctm)
+        terms: list[tuple[int, float]] = []
+        if mode == "nearest":
+            fl = math.floor(xo)
+            frac = xo - fl
+            if nearest_mode == "floor":
+                i = fl
+            elif nearest_mode == "ceil":
+                i = math.ceil(xo)
+            elif nearest_mode == "round_prefer_ceil":
+                i = fl + 1 if frac >= 0.5 else fl
+            else:  # round_prefer_floor
+                i = fl + 1 if frac > 0.5 else fl
+            terms.append((i, 1.0))
+        elif mode == "linear":
+            xc = min(max(xo, 0.0), n_in - 1.0)  # ORT clamps the source coordinate into the input
+            fl = math.floor(xc)
+            t = xc - fl
+            terms += [(fl, 1.0 - t), (fl + 1, t)]
+        elif mode == "cubic":
+            fl = math.floor(xo)
+            cs = _cubic_coeffs(xo - fl, cubic_a)
+            idx = [fl - 1 + k for k in range(4)]
+            if exclude_outside:
+                cs = [c if 0 <= i < n_in else 0.0 for c, i in zip(cs, idx, strict=True)]
+                tot = sum(cs)
+                cs = [c / tot for c in cs]
+            terms += list(zip(idx, cs, strict=True))
+        else:
+            raise NotImplementedError(mode)
+        acc: dict[int, float] = {}
+        for i, w in terms:
+            i = min(max(int(i), 0), n_in - 1)  # outside the input: the edge value
+            acc[i] = acc.get(i, 0.0) + w
+        res.append([(i, acc[i]) for i in sorted(acc) if acc[i] != 0.0])
+    return res
+
+
+def resize_tables(x_shape, y_shape, scales, attrs: dict) -> dict[int, list[list[tuple[int, float]]]]:
+    """{axis: resize_axis_ref table} of every axis that Resize changes (``scales`` None: from the sizes)."""
+    tables = {}
+    for ax, (n_in, n_out) in enumerate(zip(x_shape, y_shape, strict=True)):
+        s = float(scales[ax]) if scales is not None else n_out / n_in
+        if n_in == n_out and s == 1.0:
+            continue
+        tables[ax] = resize_axis_ref(n_in, n_out, s, attrs.get("mode", "nearest"),
+                                     attrs.get("coordinate_transformation_mode", "half_pixel"),
+                                     attrs.get("nearest_mode", "round_prefer_floor"),
+                                     attrs.get("cubic_coeff_a", -0.75), attrs.get("exclude_outside", 0))
+    return tables
+
+
+def resize_forward_ref(x: np.ndarray, y_shape, tables: dict) -> np.ndarray:
+    """Y = the separable weighted sum of the tables (float64), to check the tables against ORT's output."""
+    y = np.zeros(tuple(y_shape))
+    for o in itertools.product(*[range(d) for d in y_shape]):
+        v = 0.0
+        for combo in itertools.product(*[tables[ax][o[ax]] for ax in sorted(tables)]):
+            idx, w = list(o), 1.0
+            for ax, (i, wi) in zip(sorted(tables), combo, strict=True):
+                idx[ax] = i
+                w *= wi
+            v += w * float(x[tuple(idx)])
+        y[o] = v
+    return y
+
+
+def resize_ref(x: np.ndarray, tables: dict, locs: Iterable) -> Locs:
+    """Each output location → the source with the largest weight × activation (first in index order on ties;
+    nearest: the one source)."""
+    res: Locs = set()
+    axes = sorted(tables)
+    for loc in _tuples(locs):
+        best, top = None, -math.inf
+        for combo in itertools.product(*[tables[ax][loc[ax]] for ax in axes]):
+            idx, w = list(loc), 1.0
+            for ax, (i, wi) in zip(axes, combo, strict=True):
+                idx[ax] = i
+                w *= wi
+            v = w * float(x[tuple(idx)])
+            if best is None or v > top:
+                best, top = tuple(idx), v
+        res.add(best)  # type: ignore[arg-type]
+    return res
+
+
+def conv_transpose_pads(x_shape, w_shape, y_shape, a: dict) -> list[int]:
+    """Begin pads of a ConvTranspose (ONNX spec: explicit pads, or from output_shape / auto_pad)."""
+    nsp = len(x_shape) - 2
+    st = a.get("strides", [1] * nsp)
+    dl = a.get("dilations", [1] * nsp)
+    op = a.get("output_padding", [0] * nsp)
+    auto = a.get("auto_pad", "NOTSET")
+    if "pads" in a and auto in ("NOTSET", "") and "output_shape" not in a:  # output_shape: pads are ignored
+        return list(a["pads"][:nsp])
+    begins = []
+    for i in range(nsp):
+        total = st[i] * (x_shape[2 + i] - 1) + op[i] + (w_shape[2 + i] - 1) * dl[i] + 1 - y_shape[2 + i]
+        begins.append(total // 2 if auto == "SAME_UPPER" else total - total // 2)
+    return begins
+
+
+def conv_transpose_terms(x: np.ndarray, w: np.ndarray, loc: tuple[int, ...], begins, a: dict
+                         ) -> dict[int, list[tuple[tuple[int, ...], float]]]:
+    """{input channel: [(input position, x × w)]} of output ``loc``: y[n, o, p] = Σ x[n, c, i] w[c, o', k] over
+    i · stride − pad + k · dilation = p, channels c of o's group (positions row-major)."""
+    nsp = x.ndim - 2
+    st = a.get("strides", [1] * nsp)
+    dl = a.get("dilations", [1] * nsp)
+    g = a.get("group", 1)
+    cout_g = w.shape[1]
+    cin_g = w.shape[0] // g
+    n, co, p = loc[0], loc[1], loc[2:]
+    grp, col = co // cout_g, co % cout_g
+    terms: dict[int, list] = {}
+    for c in range(grp * cin_g, (grp + 1) * cin_g):
+        for i in itertools.product(*[range(d) for d in x.shape[2:]]):
+            for k in itertools.product(*[range(d) for d in w.shape[2:]]):
+                if all(i[d] * st[d] - begins[d] + k[d] * dl[d] == p[d] for d in range(nsp)):
+                    terms.setdefault(c, []).append((i, float(x[(n, c) + i]) * float(w[(c, col) + k])))
+    return terms
+
+
+def conv_transpose_forward_ref(x: np.ndarray, w: np.ndarray, bias, y_shape, a: dict) -> np.ndarray:
+    begins = conv_transpose_pads(x.shape, w.shape, y_shape, a)
+    y = np.zeros(tuple(y_shape))
+    for loc in itertools.product(*[range(d) for d in y_shape]):
+        terms = conv_transpose_terms(x, w, loc, begins, a)
+        y[loc] = sum(v for t in terms.values() for _, v in t) + (0.0 if bias is None else float(bias[loc[1]]))
+    return y
+
+
+def conv_transpose_ref(x: np.ndarray, w: np.ndarray, y_shape, a: dict, locs: Iterable) -> Locs:
+    """Algorithm 2 as for a Conv (a transposed convolution is one, on the stride-dilated input): the input channel
+    of the output's group with the largest sum of contributions (first on ties), then that channel's position with
+    the largest contribution (first in row-major order); an output no input reaches (padding) has none."""
+    begins = conv_transpose_pads(x.shape, w.shape, y_shape, a)
+    res: Locs = set()
+    for loc in _tuples(locs):
+        terms = conv_transpose_terms(x, w, loc, begins, a)
+        if not terms:
+            continue
+        chans = sorted(terms)
+        c = chans[_first_argmax([sum(v for _, v in terms[ch]) for ch in chans])]
+        pos = terms[c][_first_argmax([v for _, v in terms[c]])][0]
+        res.add((loc[0], c) + pos)
+    return res
+
+
+def index_forward_ref(op: str, x_shape, a: dict, extra=None) -> np.ndarray:
+    """The op applied to the flat index of every input element (np.arange), as the ONNX spec writes it with
+    reshape/transpose (DepthToSpace DCR/CRD, SpaceToDepth), np.tile (Tile) or broadcasting (Expand)."""
+    idx = np.arange(int(np.prod(x_shape))).reshape(x_shape)
+    if op == "DepthToSpace":
+        b = a["blocksize"]
+        n, c, h, w = x_shape
+        if a.get("mode", "DCR") == "DCR":
+            t = idx.reshape(n, b, b, c // (b * b), h, w).transpose(0, 3, 4, 1, 5, 2)
+        else:
+            t = idx.reshape(n, c // (b * b), b, b, h, w).transpose(0, 1, 4, 2, 5, 3)
+        return t.reshape(n, c // (b * b), h * b, w * b)
+    if op == "SpaceToDepth":
+        b = a["blocksize"]
+        n, c, h, w = x_shape
+        t = idx.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
+        return t.reshape(n, c * b * b, h // b, w // b)
+    if op == "Tile":
+        return np.tile(idx, [int(r) for r in extra])
+    if op == "Expand":
+        return idx * np.ones(tuple(int(s) for s in extra), np.int64)
+    raise NotImplementedError(op)
+
+
+def index_ref(fwd: np.ndarray, x_shape, locs: Iterable) -> Locs:
+    """Index-only ops: the input element whose index the output location holds."""
+    return {tuple(int(v) for v in np.unravel_index(int(fwd[loc]), x_shape)) for loc in _tuples(locs)}
+
+
+def where_ref(cond: np.ndarray, a_shape, b_shape, locs: Iterable) -> tuple[Locs, Locs]:
+    """Where: X's (broadcast) location where the condition holds, Y's elsewhere."""
+    la: Locs = set()
+    lb: Locs = set()
+    for loc in _tuples(locs):
+        if bool(cond[_broadcast_index(loc, cond.shape)]):
+            la.add(_broadcast_index(loc, tuple(a_shape)))
+        else:
+            lb.add(_broadcast_index(loc, tuple(b_shape)))
+    return la, lb
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # LSTM
 
 
@@ -405,6 +635,9 @@ def _attrs(node: onnx.NodeProto) -> dict:
         out[a.name] = v.decode() if isinstance(v, bytes) else v
     return out
 
+
+#: elementwise ops of rules_more.py: the first input keeps the location
+PASS_MORE = {"Pow", "Floor", "Ceil", "Round", "Sqrt", "Reciprocal", "Sign", "Log", "Sin", "Cos", "Shrink"}
 
 REORDER = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout", "Cast"}
 
@@ -528,6 +761,38 @@ def backtrack_ref(node: onnx.NodeProto, value: Callable[[str], np.ndarray], cons
         put(ins[0], xl)
         if h0 is not None:
             put(ins[5], hl)
+    elif op in PASS_MORE:  # Pow's exponent is not followed
+        put(ins[0], broadcast_ref(value(ins[0]).shape, locs))
+    elif op in ("Min", "Max"):
+        vals = [value(n) if is_data(n) else None for n in ins]
+        for n, rows in zip(ins, add_ref(vals, [-1.0 if op == "Min" else 1.0] * len(ins), locs), strict=True):
+            put(n, rows)
+    elif op == "Where":
+        la, lb = where_ref(value(ins[0]), value(ins[1]).shape, value(ins[2]).shape, locs)
+        put(ins[1], la)
+        put(ins[2], lb)
+    elif op in ("Resize", "Upsample"):
+        x = value(ins[0])
+        if op == "Upsample":
+            sc = a.get("scales", opt(1))
+            attrs = {"mode": a.get("mode", "nearest"), "coordinate_transformation_mode": "asymmetric",
+                     "nearest_mode": "floor"}
+        else:
+            sc = opt(2)
+            attrs = {k: v for k, v in a.items() if k != "axes"}
+            if sc is not None and a.get("axes") is not None and len(sc):
+                full = [1.0] * x.ndim
+                for ax, v in zip(a["axes"], sc, strict=True):
+                    full[ax % x.ndim] = float(v)
+                sc = full
+        sc = None if sc is None or not len(sc) else [float(v) for v in np.asarray(sc).reshape(-1)]
+        put(ins[0], resize_ref(x, resize_tables(x.shape, value(y).shape, sc, attrs), locs))
+    elif op == "ConvTranspose":
+        put(ins[0], conv_transpose_ref(value(ins[0]), consts[ins[1]], value(y).shape, a, locs))
+    elif op in ("DepthToSpace", "SpaceToDepth", "Tile", "Expand"):
+        xs = value(ins[0]).shape
+        extra = None if op in ("DepthToSpace", "SpaceToDepth") else value(y).shape if op == "Expand" else opt(1)
+        put(ins[0], index_ref(index_forward_ref(op, xs, a, extra), xs, locs))
     else:
         raise NotImplementedError(op)
     return res

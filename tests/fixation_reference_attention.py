@@ -6,7 +6,10 @@ Rules, as onnxfix/fixations/rules_attention.py states them (Mopuri, Garg & Babu 
 * fc layer ``y[j] = Σ_i a[i]·W[j, i] (+ b)`` (head, MLP fc1/fc2, attention proj, qkv): every input ``i`` with
   ``a[i]·W[j, i] > 0``;
 * attention ``o[h, t, d] = Σ_k A[h, t, k]·V[h, k, d]``: the value entries ``V[h, k, d]`` with ``A[h, t, k]·V[h, k, d] >
-  0`` (A is the data-dependent weight; it is not backtracked);
+  0`` (A is the data-dependent weight; it is not backtracked); the selective variants keep, per output *token*
+  ``(h, t)`` with selected channels D, the key token of largest positive ``A[h, t, k]·Σ_{d∈D} V[h, k, d]``
+  (``argmax``) or the ``top`` largest (``topk``; ties to the lower token, a plain python sort), and there the
+  entries ``(k, d ∈ D)`` with a positive contribution;
 * LayerNorm and GELU: the location passes through;
 * residual ``z = x + f(x)``: the branch with the larger value at the location (the first on a tie);
 * class token and position embedding: constants (a class-token location stops);
@@ -70,20 +73,40 @@ def add_ref(x: np.ndarray, f: np.ndarray, outs) -> tuple[set, set]:
     return lx, lf
 
 
-def attention_ref(A: np.ndarray, v: np.ndarray, heads: int, hd: int, outs) -> set:
+def attention_ref(A: np.ndarray, v: np.ndarray, heads: int, hd: int, outs, mode: str = "positive",
+                  top: int = 3) -> set:
     """``o = A·V`` per head; outs {(t, c)} of o reshaped (T, heads·hd) → {(k, c')} of qkv's value columns."""
     res = set()
     C = heads * hd
+    if mode == "positive":
+        for t, c in outs:
+            h, d = divmod(c, hd)
+            for k in range(A.shape[-1]):
+                if float(A[h, t, k]) * float(v[h, k, d]) > 0:
+                    res.add((k, 2 * C + h * hd + d))
+        return res
+    by_token: dict = {}
     for t, c in outs:
         h, d = divmod(c, hd)
+        by_token.setdefault((h, t), []).append(d)
+    for (h, t), ds in by_token.items():
+        contrib = []
         for k in range(A.shape[-1]):
-            if float(A[h, t, k]) * float(v[h, k, d]) > 0:
-                res.add((k, 2 * C + h * hd + d))
+            total = 0.0
+            for d in sorted(ds):
+                total += float(v[h, k, d])
+            contrib.append((float(A[h, t, k]) * total, k))
+        best = sorted([p for p in contrib if p[0] > 0], key=lambda p: (-p[0], p[1]))[:1 if mode == "argmax" else top]
+        for _, k in best:
+            for d in ds:
+                if float(A[h, t, k]) * float(v[h, k, d]) > 0:
+                    res.add((k, 2 * C + h * hd + d))
     return res
 
 
-def fixations_ref(net, x: np.ndarray, c: int) -> set:
-    """Input pixels (0, channel, y, x) of the fixations of class ``c`` (one image ``x`` (1, 3, S, S))."""
+def fixations_ref(net, x: np.ndarray, c: int, mode: str = "positive", top: int = 3) -> set:
+    """Input pixels (0, channel, y, x) of the fixations of class ``c`` (one image ``x`` (1, 3, S, S)); ``mode`` the
+    attention rule (positive, argmax, topk with ``top``)."""
     acts = _acts(net, x)
     W = net.head.weight.detach().numpy()
     cls_locs = {d for d in range(W.shape[1]) if float(acts["cls"][d]) * float(W[c, d]) > 0}
@@ -99,7 +122,7 @@ def fixations_ref(net, x: np.ndarray, c: int) -> set:
         # z1 = z + a
         l_z, l_a = add_ref(a["z"], a["a"], l_z1)
         l_o = fc_ref(a["o"], at.proj.weight.detach().numpy(), l_a)
-        l_qkv = attention_ref(a["A"], a["v"], at.heads, at.hd, l_o)
+        l_qkv = attention_ref(a["A"], a["v"], at.heads, at.hd, l_o, mode, top)
         l_n1 = fc_ref(a["n1"], at.qkv.weight.detach().numpy(), l_qkv)
         z_locs = l_z | l_n1  # norm1 passes
     g = net.grid

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnxfix.kernels import warm
 
 import onnxfix
 from onnxfix.fixations import PLANS, PlanCache, SelectionPolicy, needed_tensors, trace
@@ -24,6 +25,22 @@ REAL = ROOT / ".cache/real_models/models"
 
 # sample models with an input besides the image get the value their JSON documents
 EXTRA_INPUTS = {"cond_shapes": {"query": np.array([[1.0, 0.0]], np.float32)}}
+
+
+@pytest.fixture(autouse=True)
+def _compiled_kernels(monkeypatch):
+    """The compiled pass itself is under test here (a cold numba cache would otherwise run its numpy twin)."""
+    monkeypatch.setattr(warm, "MODE", "numba")
+
+
+def _twins_agree(g, vals, source, start, rows) -> None:
+    """The numpy twin of the compiled pass (numba's cache cold) gives the same sets as the jitted pass."""
+    fast = trace(g, vals, source, start, rows)
+    warm.MODE = "numpy"
+    try:
+        _same(trace(g, vals, source, start, rows), fast)
+    finally:
+        warm.MODE = "numba"
 
 
 def _explainer(name: str) -> onnxfix.Explainer:
@@ -75,6 +92,7 @@ def test_compiled_equals_rules_with_fewer_tensors(name):
         fast = trace(g, few, m.input, m.head.logits, start)
         _same(fast, trace(g, full, m.input, m.head.logits, start, policy=SelectionPolicy()))
         _same(fast, trace(g, few, m.input, m.head.logits, start, policy=SelectionPolicy()))
+        _twins_agree(g, few, m.input, m.head.logits, start)
         assert len(fast.at(m.input))
 
 
@@ -113,6 +131,7 @@ def test_batch_in_one_walk_equals_each_image_alone(name):
         rows.append(idx)
     rows.append(list(rows[1]))  # a repeated start row changes nothing
     batch = trace(bm.graph, vals, bm.input, bm.head.logits, np.array(rows, np.int64))
+    _twins_agree(bm.graph, vals, bm.input, bm.head.logits, np.array(rows, np.int64))
     ref = trace(bm.graph, vals, bm.input, bm.head.logits, np.array(rows, np.int64), policy=SelectionPolicy())
     _same(batch, ref)
     got = batch.at(bm.input)
@@ -168,3 +187,24 @@ def test_real_models_compiled_equals_rules(name):
     fast = trace(g, few, m.input, m.head.logits, start)
     assert PLANS.get(g, few, m.input, m.head.logits).compiled
     _same(fast, trace(g, full, m.input, m.head.logits, start, policy=SelectionPolicy()))
+    _twins_agree(g, few, m.input, m.head.logits, start)
+
+
+@pytest.mark.parametrize("name", ["resnet_shapes", "inception_shapes", "mobile_shapes", "digits_cnn"])
+def test_numpy_twin_ties_and_nan(name):
+    """Values rounded to halves (ties everywhere) with a few NaNs: the numpy twin picks what the jitted pass picks
+    (first maximum, first NaN), in every op of the plan, for a batch of two."""
+    ex = _explainer(name)
+    bm = ex.model.batch_model() or ex.model
+    x = _input(ex, 2 if bm is not ex.model else 1, seed=4)
+    vals = bm.runtime.run({bm.input: x}, needed_tensors(bm.graph, bm.input, bm.head.logits))
+    vals[bm.input] = x
+    rng = np.random.default_rng(5)
+    for k, v in list(vals.items()):
+        v = (np.round(v * 2) / 2).astype(np.float32)
+        v.reshape(-1)[rng.integers(0, v.size, 3)] = np.nan
+        vals[k] = v
+    logits = vals[bm.head.logits]
+    rows = np.stack([rng.integers(0, d, 8) for d in logits.shape], axis=1)
+    assert PLANS.get(bm.graph, vals, bm.input, bm.head.logits).compiled
+    _twins_agree(bm.graph, vals, bm.input, bm.head.logits, rows)

@@ -141,3 +141,57 @@ def test_sample_heads(name, kind, layout):
     m = Model(p)
     assert (m.head.kind, m.head.layout) == (kind, layout)
     assert m.labels[-3:] == ["circle", "square", "triangle"]
+
+
+def yolox_graph(C: int = 2, size: int = 32) -> onnx.ModelProto:
+    """A YOLOX-like head with decode_in_inference=False: per stride (8, 16, 32) a strided Conv to 5 + C channels,
+    flattened and concatenated over the levels; objectness and classes sigmoided, the box left raw."""
+    rng = np.random.default_rng(2)
+    F = 5 + C
+    nodes, inits, levels = [], [], []
+    for s in (8, 16, 32):
+        nodes += [helper.make_node("Conv", ["x", f"w{s}"], [f"c{s}"], strides=[s, s], kernel_shape=[s, s]),
+                  helper.make_node("Reshape", [f"c{s}", "flat"], [f"f{s}"])]
+        inits.append(numpy_helper.from_array(rng.standard_normal((F, 3, s, s)).astype(np.float32) * 0.05, f"w{s}"))
+        levels.append(f"f{s}")
+    nodes += [helper.make_node("Concat", levels, ["all"], axis=2),
+              helper.make_node("Split", ["all", "split"], ["box", "rest"], axis=1),
+              helper.make_node("Sigmoid", ["rest"], ["p"]),
+              helper.make_node("Concat", ["box", "p"], ["cat"], axis=1),
+              helper.make_node("Transpose", ["cat"], ["out"], perm=[0, 2, 1])]
+    inits += [numpy_helper.from_array(np.array([1, F, -1], np.int64), "flat"),
+              numpy_helper.from_array(np.array([4, F - 4], np.int64), "split")]
+    g = helper.make_graph(nodes, "yolox", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_yolox_is_recognised_and_decoded_as_yolox_demo_postprocess():
+    m = Model(yolox_graph())
+    assert (m.head.kind, m.head.layout, m.n_classes) == ("detection", "yolox", 2)
+    assert heads.kind_summary(m.head) == "detection (yolox, 2 classes, boxes xywh)"
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    out = m.runtime.run({"x": x}, [m.head.logits])[m.head.logits]
+    assert out.shape == (1, 16 + 4 + 1, 7)
+    # YOLOX's demo_postprocess (yolox/utils/demo_utils.py), written out
+    grids, strides = [], []
+    for s in (8, 16, 32):
+        xv, yv = np.meshgrid(np.arange(32 // s), np.arange(32 // s))
+        grids.append(np.stack((xv, yv), 2).reshape(-1, 2))
+        strides.append(np.full((grids[-1].shape[0], 1), s))
+    o = out[0].astype(np.float64)
+    xy = (o[:, :2] + np.concatenate(grids)) * np.concatenate(strides)
+    wh = np.exp(o[:, 2:4]) * np.concatenate(strides)
+    boxes, cls, obj = heads.decode(m.head, out[0])
+    np.testing.assert_allclose(boxes, np.concatenate([xy - wh / 2, xy + wh / 2], 1))
+    np.testing.assert_array_equal(obj, o[:, 4])
+    np.testing.assert_array_equal(cls, o[:, 5:])
+    r = m.resolve_target(out, Box(i=0, conf=0.0))  # the class score column is 5 + k, as YOLOv5's
+    assert r.weights[0, r.prediction, 5 + r.index] == 1 and r.weights.sum() == 1
+    # named otherwise, it is a YOLOv5 head (boxes taken as decoded); a YOLOv5 with anchors stays one
+    assert Model(yolox_graph(), head="yolov5").head.layout == "yolov5"
+    assert Model(det_graph("yolov5")).head.layout == "yolov5"
+    with pytest.raises(UnsupportedModel, match="yolox"):
+        Model(det_graph("yolov5"), head="yolox")

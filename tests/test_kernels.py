@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -383,3 +385,75 @@ def test_label_components_matches_reference() -> None:
     lab = label_components(ring)
     assert lab.max() == 2 and lab[3, 3] == 2  # the centre is not 8-connected to the ring
     assert (label_components(np.eye(5, dtype=bool)) == np.eye(5, dtype=np.int64)).all()  # diagonals connect
+
+
+def test_density_numpy_twins_equal_kernels() -> None:
+    """While numba's cache is cold the density maps come from numpy twins: bit-identical to the jitted kernels."""
+    from onnxfix.kernels import density, warm
+
+    rng = np.random.default_rng(7)
+    for case in range(30):
+        n = int(rng.integers(0, 300))
+        pts = rng.uniform(-3, 40, (n, 2)).round(int(rng.integers(0, 3)))
+        if n and case % 5 == 0:
+            pts[rng.integers(0, n)] = [np.nan, np.inf][case % 2]
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        p64 = np.ascontiguousarray(pts, np.float64)
+        np.testing.assert_array_equal(density._splat_numpy(p64, h, w), density._splat_kernel(p64, h, w))
+        img = rng.standard_normal((h, w)) * 10.0 ** rng.integers(-3, 4, (h, w))
+        sigma = float(rng.uniform(0.3, 6))
+        radius = max(1, math.ceil(3.0 * sigma))
+        t = np.arange(-radius, radius + 1, dtype=np.float64)
+        wts = np.exp(-0.5 * (t / sigma) ** 2)
+        wts /= wts.sum()
+        np.testing.assert_array_equal(density._blur_rows_numpy(img, wts, radius), density._blur_rows(img, wts, radius))
+        fin = pts[np.isfinite(pts).all(axis=1)]
+        radius_n = float(rng.uniform(0, 6))
+        old = warm.MODE
+        try:
+            warm.MODE = "numpy"
+            got = density.neighbour_counts(fin, radius_n)
+            blur_np = density.gaussian_blur(img, sigma)
+            warm.MODE = "numba"
+            np.testing.assert_array_equal(got, density.neighbour_counts(fin, radius_n))
+            np.testing.assert_array_equal(blur_np, density.gaussian_blur(img, sigma))
+        finally:
+            warm.MODE = old
+
+
+@pytest.mark.slow
+def test_two_warmers_fill_one_cold_cache(tmp_path) -> None:
+    """Two background warmers started at once on an empty numba cache (and an explanation running meanwhile on
+    the numpy twins) leave a cache a new process loads without compiling; the explanation is the same."""
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "numba"
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache), "ONNXFIX_KERNELS": "numba", "OMP_NUM_THREADS": "1"}
+    warmers = [subprocess.Popen([sys.executable, "-c", "from onnxfix.kernels.warm import warm_all; warm_all()"],
+                                env=env) for _ in range(2)]
+    code = ("import json, sys, numpy as np, onnxfix\n"
+            "from onnxfix.kernels import warm\n"
+            "from onnxfix.kernels.plan import run_plan\n"
+            "e = onnxfix.Explainer('sample_models/resnet_shapes.onnx').explain("
+            "'sample_models/resnet_shapes.png', method='fixations')\n"
+            "print(json.dumps([warm.MODE, e.points.tolist(), float(e.heatmap.sum()), list(e.box)]))\n")
+    root = Path(__file__).resolve().parents[1]
+    cold = subprocess.run([sys.executable, "-c", code], env={**env, "ONNXFIX_KERNELS": "numpy"}, cwd=root,
+                          capture_output=True, text=True, check=True)
+    for w in warmers:
+        assert w.wait(timeout=600) == 0
+    probe = ("from onnxfix.kernels import warm, density; from onnxfix.kernels.plan import run_plan, compile_now\n"
+             "import numpy as np\n"
+             "args = (np.array([[0, 0, 1, 0, 0]], np.int64), np.zeros(1, np.int64), np.zeros(1, np.float64),"
+             " np.zeros(1, np.float32), np.zeros(1, np.int64), 2, 0, np.zeros(1, np.int64))\n"
+             "assert warm._on_disk(run_plan, args)\n"
+             "compile_now(); warm_pts = np.zeros((2, 2)); density.splat(warm_pts, 3, 3)\n"
+             "assert not run_plan.stats.cache_misses, run_plan.stats\n")
+    subprocess.run([sys.executable, "-c", probe], env={**env, "ONNXFIX_KERNELS": "auto"}, cwd=root, check=True)
+    warm_run = subprocess.run([sys.executable, "-c", code], env={**env, "ONNXFIX_KERNELS": "auto"}, cwd=root,
+                              capture_output=True, text=True, check=True)
+    a, b = json.loads(cold.stdout), json.loads(warm_run.stdout)
+    assert a[0] == "numpy" and b[0] == "auto"
+    assert a[1:] == b[1:]

@@ -125,22 +125,65 @@ def test_rollout_batch_equals_single(vits):
 # ------------------------------------------------------------------------------------- fixations through attention
 
 
-def _ours(ex, x, target):
-    e = ex.explain(x, method="fixations", target=target)
+def _ours(ex, x, target, attention="argmax", k=3):
+    e = ex.explain(x, method="fixations", target=target, attention=attention, attention_k=k)
     return e, {tuple(int(v) for v in r) for r in e.extras["input_locations"]}
 
 
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
 @pytest.mark.parametrize("seed", [1, 2])
 @pytest.mark.parametrize("target", [None, 3])
-def test_fixations_through_attention_vs_reference(vits, exporter, seed, target):
+@pytest.mark.parametrize("attention", ["positive", "argmax"])
+def test_fixations_through_attention_vs_reference(vits, exporter, seed, target, attention):
     net, ex = vits(exporter)
     x = vm.image(SIZE, seed=seed)
-    e, ours = _ours(ex, x, target)
-    ref = fra.fixations_ref(net, x, e.target)
+    e, ours = _ours(ex, x, target, attention)
+    ref = fra.fixations_ref(net, x, e.target, attention)
     assert ref, "the reference found no pixel: the case tests nothing"
     assert ours == ref, f"{len(ours ^ ref)} pixels differ ({len(ours)} ours, {len(ref)} reference)"
     assert len(e.points) == len({(p[3], p[2]) for p in ref})
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_fixations_topk_attention_vs_reference(vits, k):
+    net, ex = vits("legacy", depth=3)
+    x = vm.image(SIZE, seed=6)
+    e, ours = _ours(ex, x, None, "topk", k)
+    ref = fra.fixations_ref(net, x, e.target, "topk", k)
+    assert ref and ours == ref
+    if k == 1:
+        assert ours == _ours(ex, x, None, "argmax")[1]
+
+
+def test_selective_attention_is_a_subset_and_narrower(vits):
+    """argmax ⊆ top-2 ⊆ positive on the value path, and the default (argmax) selects fewer tokens than positive."""
+    _, ex = vits("legacy", depth=3)
+    x = vm.image(SIZE, seed=3)
+    got = {m: _ours(ex, x, None, m, 2)[0] for m in ("positive", "argmax", "topk")}
+    g = ex.model.graph
+    for a in attention_tensors(ex.model):
+        v = next(n for n in g.consumers(a) if n.op_type == "MatMul").inputs[1]
+        sets = {m: {tuple(r) for r in e.extras["trace"].at(v)} for m, e in got.items()}
+        assert sets["argmax"] <= sets["topk"] <= sets["positive"]
+    assert ex.explain(x, method="fixations").extras["input_locations"].shape == \
+        got["argmax"].extras["input_locations"].shape
+    assert len(got["argmax"].extras["input_locations"]) < len(got["positive"].extras["input_locations"])
+
+
+def test_attention_option_checked_and_ignored_by_cnns(vits):
+    _, ex = vits()
+    x = vm.image(SIZE)
+    with pytest.raises(InputError, match="attention"):
+        ex.explain(x, method="fixations", attention="mean")
+    with pytest.raises(InputError, match="attention_k"):
+        ex.explain(x, method="fixations", attention="topk", attention_k=0)
+    path = SAMPLES / "resnet_shapes.onnx"
+    if path.exists():
+        cnn = onnxfix.Explainer(str(path), threads=1)
+        img = np.random.default_rng(0).integers(0, 255, (64, 64, 3)).astype(np.uint8)
+        a = cnn.explain(img, method="fixations", attention="argmax")
+        b = cnn.explain(img, method="fixations", attention="positive")
+        np.testing.assert_array_equal(a.points, b.points)
 
 
 def test_fixations_never_enter_query_key(vits):
@@ -183,7 +226,7 @@ def test_skip_layernorm_rule():
          helper.make_tensor("beta", TensorProto.FLOAT, [4], [0.0] * 4)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft",
                                                                                                         1)])
-    g = Graph.from_model(model)
+    g = Graph(model)  # as given: Graph.from_model would decompose the fused op (onnxfix/canonize_ms.py)
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((1, 3, 4)).astype(np.float32), rng.standard_normal((1, 3, 4)).astype(np.float32)
     n = g.producer("y")
@@ -205,5 +248,6 @@ def test_fixations_vs_reference_on_sample_vit():
     net = vm.nets_v2().load_twin(path)
     ex = onnxfix.Explainer(str(path), threads=1)
     x = vm.image(64, seed=5)
-    e, ours = _ours(ex, x, None)
-    assert ours == fra.fixations_ref(net, x, e.target)
+    for attention in ("positive", "argmax", "topk"):
+        e, ours = _ours(ex, x, None, attention, 2)
+        assert ours == fra.fixations_ref(net, x, e.target, attention, 2), attention

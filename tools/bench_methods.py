@@ -6,8 +6,10 @@ For each method: median wall time of onnxfix's ``Explainer.explain`` and of its 
 load hits both), their ratio against the issue's target, and the worst relative error of the attributions (the
 random numbers are shared: Captum's torch.normal is fed onnxfix's noise). Rows: integrated-gradients (50
 Gauss-Legendre steps), smoothgrad with 50 and 25 samples (target ≤ 0.5× Captum), scorecam, ablation-cam, layercam
-(≤ 0.5× pytorch-grad-cam), reciprocam (≤ 0.1× pytorch-grad-cam's ScoreCAM). The layer is the last MBConv block's
-output (``_blocks.15._bn2``, the block's last module; in ONNX the BN-folded projection conv's output).
+(≤ 0.5× pytorch-grad-cam), reciprocam (≤ 0.1× pytorch-grad-cam's ScoreCAM), fullgrad (≤ 0.5× pytorch-grad-cam's
+FullGrad: the whole normalised map; the torch net's BatchNorms carry the biases the ONNX export folded into its convs,
+the same bias terms) and layercam with ``aug_smooth`` (≤ 0.5× pytorch-grad-cam's, whole map). The layer is the last
+MBConv block's output (``_blocks.15._bn2``, the block's last module; in ONNX the BN-folded projection conv's output).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 LAYER_MODULE = "_blocks.15._bn2"  # the block is called with kwargs AblationCAM cannot take
 LAYER_TENSOR = "/_blocks.15/_project_conv/Conv_output_0"
 TARGETS = {"integrated-gradients": 0.5, "smoothgrad-50": 0.5, "smoothgrad-25": 0.5, "scorecam": 0.5,
-           "ablation-cam": 0.5, "layercam": 0.5, "reciprocam": 0.1}
+           "ablation-cam": 0.5, "layercam": 0.5, "reciprocam": 0.1, "fullgrad": 0.5, "layercam-aug": 0.5}
 
 
 def _pgc():
@@ -58,6 +60,17 @@ def _pgc_raw(cls, net, module, xt, target: int, **kw):
             cam.get_cam_image = record
             cam(input_tensor=xt, targets=[ClassifierOutputTarget(target)])
         return np.maximum(raw[0], 0)[0]
+
+    return run
+
+
+def _pgc_whole(cls, net, modules, xt, target: int, **call):
+    """A callable running pytorch-grad-cam's ``cls`` once → its whole output (min-max scaled, at the input size)."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    def run():
+        with cls(model=net, target_layers=modules) as cam:
+            return np.asarray(cam(input_tensor=xt, targets=[ClassifierOutputTarget(target)], **call))[0]
 
     return run
 
@@ -140,6 +153,10 @@ def main() -> None:
                          "pytorch-grad-cam AblationCAM (batch 32)"),
         "layercam": ("layercam", {"layer": LAYER_TENSOR}, _pgc_raw(pgc.LayerCAM, net, module, xt, target),
                      "pytorch-grad-cam LayerCAM"),
+        "fullgrad": ("fullgrad", {}, _pgc_whole(pgc.FullGrad, net, [], xt, target), "pytorch-grad-cam FullGrad"),
+        "layercam-aug": ("layercam", {"layer": LAYER_TENSOR, "aug_smooth": True},
+                         _pgc_whole(pgc.LayerCAM, net, [module], xt, target, aug_smooth=True),
+                         "pytorch-grad-cam LayerCAM aug_smooth"),
     }
     times: dict[str, float] = {}
     for key, (method, opts, ref_fn, note) in cases.items():

@@ -1,6 +1,6 @@
 """Transformers (issue #12): localisation of every method on the sample ViT, and speed against pytorch-grad-cam.
 
-    python tools/bench_transformers.py localise [--model sample_models/vit_shapes.onnx] [--n 200]
+    python tools/bench_transformers.py localise [--model sample_models/vit_shapes.onnx] [--n 200] [--only fixations]
     python tools/bench_transformers.py speed [--model sample_models/vit_shapes.onnx] [--repeat 30]
 
 ``localise``: generated held-out scenes with one object and its box (tools/scenes.classification_set, seed 2002,
@@ -32,7 +32,8 @@ METHODS = [
     ("gradcam", {}), ("gradcam++", {}), ("layercam", {}), ("hirescam", {}), ("xgradcam", {}), ("eigencam", {}),
     ("saliency", {}), ("input-x-gradient", {}), ("integrated-gradients", {}), ("occlusion", {}),
     ("attention-rollout", {}), ("attention-rollout", {"head_fusion": "max", "discard_ratio": 0.9}),
-    ("attention-gradient", {}), ("fixations", {}),
+    ("attention-gradient", {}), ("fixations", {"attention": "positive"}), ("fixations", {"attention": "argmax"}),
+    ("fixations", {"attention": "topk", "attention_k": 2}), ("fixations", {"attention": "topk", "attention_k": 3}),
 ]
 
 
@@ -173,9 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=2002)
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--only", nargs="*", help="localise: only these methods (names as in the table's first word)")
     a = ap.parse_args(argv)
     if a.what == "localise":
-        rows = localise(a.model, a.n, a.seed)
+        rows = localise(a.model, a.n, a.seed, [m for m in METHODS if not a.only or m[0] in a.only])
         print()
         print(table(rows))
         result: object = rows

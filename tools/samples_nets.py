@@ -175,9 +175,11 @@ class Captioner(nn.Module):
     greedy prediction. The initial states are an explicit zero buffer so the exporter needs no Shape-derived zeros.
     """
 
-    def __init__(self, vocab: int, steps: int = 2, emb: int = 64, hidden: int = 64):
+    def __init__(self, vocab: int, steps: int = 2, emb: int = 64, hidden: int = 64, density: float = 1.0,
+                 prune: tuple[int, int] = (0, 0), split: bool = False):
         super().__init__()
         self.steps, self.hidden, self.vocab = steps, hidden, vocab
+        self.density, self.prune, self.split, self._step = density, prune, split, 0
         self.features = nn.Sequential(
             nn.Conv2d(3, 12, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 48x96 -> 24x48
             nn.Conv2d(12, 24, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # -> 12x24
@@ -190,8 +192,47 @@ class Captioner(nn.Module):
         self.out = nn.Linear(hidden, vocab)
         # persistent: exported as an initializer; a non-persistent zero constant gets Shape+Expand
         self.register_buffer("h0", torch.zeros(1, 1, hidden))
+        self._masks: dict[str, torch.Tensor] = {}
+        if split:  # embedding units [0, emb/2) read the left half of the 3x6 feature grid, the others the right
+            col = torch.arange(32 * 3 * 6) % 6
+            self._split_mask = ((col[None, :] < 3) == (torch.arange(emb)[:, None] < emb // 2)).float()
+            self._masks["embed.weight"] = self._split_mask
+
+    def _allowed(self, name: str, w: torch.Tensor) -> torch.Tensor:
+        if self.split and name == "embed.weight":
+            return self._split_mask.to(w.device)
+        return torch.ones_like(w)
+
+    def _sparse(self) -> dict[str, nn.Parameter]:
+        return {"embed.weight": self.embed.weight, "lstm.weight_ih_l0": self.lstm.weight_ih_l0,
+                "lstm.weight_hh_l0": self.lstm.weight_hh_l0, "out.weight": self.out.weight}
+
+    @torch.no_grad()
+    def _apply_masks(self) -> None:
+        """Gradual magnitude pruning (Zhu & Gupta 2017) of the embedding, LSTM and output weights to
+        ``density`` between training steps ``prune[0]`` and ``prune[1]``; pruned weights stay exactly zero."""
+        s0, s1 = self.prune
+        if self.training and self.density < 1.0 and s0 <= self._step <= s1 and (self._step - s0) % 25 == 0:
+            keep = self.density + (1 - self.density) * (1 - (self._step - s0) / max(s1 - s0, 1)) ** 3
+            for name, w in self._sparse().items():
+                allowed = self._allowed(name, w)
+                k = max(int(round(keep * float(allowed.sum()))), 1)
+                thr = (w.abs() * allowed).flatten().topk(k).values[-1]
+                self._masks[name] = allowed * (w.abs() >= thr).float()
+        for name, w in self._sparse().items():
+            if name in self._masks:
+                w.mul_(self._masks[name].to(w.device))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not mode:
+            self._apply_masks()  # the exported weights are exactly the masked ones
+        return self
 
     def forward(self, x, words=None):
+        if self.training:
+            self._apply_masks()
+            self._step += 1
         b = int(x.shape[0])  # a Python constant while tracing: reshapes need no Shape op
         inp = F.relu(self.embed(torch.flatten(self.features(x), 1)))  # [B, E]: the image embedding I
         h = self.h0 if b == 1 else self.h0.expand(1, b, self.hidden).contiguous()

@@ -24,11 +24,15 @@ y[o] = z[s·o]:
     nearest:  dx = op₁ᵀ(U_s g),   (U_s g)[i] = g[⌊i/s⌋], i = 0 … O₁−1             (nearest-neighbour resampling)
 
 per spatial axis, O₁ the stride-1 output size. docs/views.md has the reasoning; not a gradient any more.
+
+LRP composites (rules_lrp.py, docs/lrp.md) are override tables too, filed per set of parameters by
+``rules_lrp.lrp_mode`` (a mode name such as ``lrp:epsilon-plus:eps=1e-06:...``) rather than at import.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from onnxfix.autodiff import rules_lrp  # noqa: F401 - the LRP composites (filed by rules_lrp.lrp_mode)
 from onnxfix.autodiff.emitter import Builder
 from onnxfix.autodiff.registry import override
 from onnxfix.autodiff.rules_conv import out_size, spatial

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from onnxfix.autodiff.builder import build_backward
 from onnxfix.autodiff.seeds import ArgmaxSeed, seed_in_graph  # noqa: F401 - seed_in_graph re-exported
@@ -82,16 +83,30 @@ def _symbolic_inputs(graph: Graph) -> bool:
         t = graph.tensors.get(name)
         if name in graph.constants or t is None or t.shape is None:
             continue
-        if any(d is None for d in t.shape):
+        if any(d is None for d in t.shape) or _baked(t.dtype, t.shape):
             return True
     return False
 
 
-def specialise(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> Graph:
-    """``graph`` with its inputs fixed to ``shapes`` (shapes inferred and constants folded again)."""
+def _baked(dtype: Any, shape: Any) -> bool:
+    """Whether an input is a small integer tensor — a shape computed upstream, as in a Grad-CAM tail of a
+    paddle2onnx export — whose value a per-shape variant bakes in (the shapes behind it become static)."""
+    return dtype is not None and np.dtype(dtype).kind in "iu" and shape is not None and \
+        all(isinstance(d, int) for d in shape) and int(np.prod(shape)) <= 16
+
+
+def specialise(graph: Graph, shapes: dict[str, tuple[int, ...]],
+               values: dict[str, np.ndarray] | None = None) -> Graph:
+    """``graph`` with its inputs fixed to ``shapes`` (shapes inferred and constants folded again); inputs in
+    ``values`` become constants (small integer shape tensors, see :func:`_baked`)."""
     m = onnx.ModelProto()
     m.CopyFrom(graph.model)
     g = m.graph
+    if values:
+        keep = [vi for vi in g.input if vi.name not in values]
+        del g.input[:]
+        g.input.extend(keep)
+        g.initializer.extend(numpy_helper.from_array(np.asarray(v), name) for name, v in values.items())
     for vi in g.input:
         if vi.name in shapes:
             tt = vi.type.tensor_type
@@ -220,17 +235,20 @@ class GradientProgram:
         self._from_feeds = [a for a in (self.of, *self.activations) if a not in v.output_names]
 
     def _variant_for(self, feeds: dict[str, np.ndarray]) -> _Variant:
-        shapes = {n: tuple(int(d) for d in np.shape(feeds[n])) for n in self.input_names if n in feeds}
-        key = tuple(sorted(shapes.items()))
+        graph = self._graph_ref()
+        if graph is None:  # pragma: no cover - the cache drops programs with their graph
+            raise InputError("the model of this gradient program is gone")
+        names = [n for n in graph.inputs if n not in graph.constants]
+        values = {n: np.asarray(feeds[n]) for n in names if n in feeds and
+                  _baked(np.asarray(feeds[n]).dtype, np.shape(feeds[n]))}
+        shapes = {n: tuple(int(d) for d in np.shape(feeds[n])) for n in names if n in feeds and n not in values}
+        key = (tuple(sorted(shapes.items())), tuple(sorted((n, v.tobytes()) for n, v in values.items())))
         with self._vlock:
             hit = self._variants.get(key)
             if hit is not None:
                 self._variants.move_to_end(key)
                 return hit
-        graph = self._graph_ref()
-        if graph is None:  # pragma: no cover - the cache drops programs with their graph
-            raise InputError("the model of this gradient program is gone")
-        v = self._build(specialise(graph, shapes))
+        v = self._build(specialise(graph, shapes, values))
         with self._vlock:
             self._variants[key] = v
             while len(self._variants) > MAX_VARIANTS:

@@ -8,6 +8,9 @@ embedding. Here:
 * locations arriving on ``Y`` (t, d, n, j), ``Y_h`` or ``Y_c`` (d, n, j → the last step of direction d) are the
   explained hidden states; per step only the unit with the largest hidden value among those arriving is kept
   ("the largest element"), and every unit reached through the recurrent weights R is followed;
+* except on a ``Y_h`` read only as the ``initial_h`` of further LSTM ops — a decoder unrolled one op per step,
+  as a captioner whose step t input is the embedding of word t−1 must be: what arrives there is m_{t−1} as the
+  next step accumulated it, and every unit is followed ("accumulates them as locations on m_{t−1}", §III-D);
 * ``W`` (gates × input) and ``R`` (gates × hidden) are constants; contributions ignore biases and peepholes,
   which belong to no input;
 * both directions of a bidirectional LSTM are traced, each in its own time order; ``layout`` 0 and 1 work.
@@ -57,19 +60,27 @@ class LSTMRule(Rule):
                 seeds.setdefault((int(d), int(n), int(t)), []).append(int(j))
         # direction d runs backwards in time for direction="reverse" and for the second half of "bidirectional"
         reverse = [node.attrs.get("direction", "forward") == "reverse" or d == 1 for d in range(D)]
+        # Y_h read only as the initial_h of further LSTM ops: a decoder unrolled one op per step, and what
+        # arrives is m_{t-1} as the next step's backtrack accumulated it: every unit is followed
+        state = bool(outs[1]) and _only_initial_h(ctx, outs[1])
+        accumulated: dict[tuple[int, int, int], set[int]] = {}
         for name in outs[1:]:
             if name and name in out:
                 rows = out[name][:, [1, 0, 2]] if layout == 1 else out[name]  # Y_h/Y_c: [N, D, H] in layout 1
                 for d, n, j in rows:
                     last = 0 if reverse[d] else T - 1
-                    seeds.setdefault((int(d), int(n), last), []).append(int(j))
+                    to = accumulated.setdefault((int(d), int(n), last), set()) if state and name == outs[1] else None
+                    if to is not None:
+                        to.add(int(j))
+                    else:
+                        seeds.setdefault((int(d), int(n), last), []).append(int(j))
         x_locs, h0_locs = [], []
         for d in range(D):
             order = range(T) if reverse[d] else range(T - 1, -1, -1)
             for n in range(N):
                 carried: set[int] = set()
                 for t in order:
-                    units = set(carried)
+                    units = set(carried) | accumulated.get((d, n, t), set())
                     arriving = seeds.get((d, n, t))
                     if arriving:
                         vals = y[t, d, n, arriving]
@@ -106,3 +117,10 @@ class LSTMRule(Rule):
             hl = np.array(h0_locs, np.int64)
             res[hn0] = hl[:, [1, 0, 2]] if layout == 1 else hl
         return res
+
+
+def _only_initial_h(ctx, name: str) -> bool:
+    """True when tensor ``name`` is read only as the initial_h (input 5) of LSTM nodes."""
+    cons = ctx.graph.consumers(name)
+    return bool(cons) and all(c.op_type == "LSTM" and name not in c.inputs[:5] and list(c.inputs[5:6]) == [name]
+                              and name not in c.inputs[6:] for c in cons)

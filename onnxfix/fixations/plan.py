@@ -124,6 +124,7 @@ def resolve_shapes(graph: Graph, values: dict[str, np.ndarray], source: str, nam
     s0 = graph.shape(source)
     g_batch = s0[0] if s0 else None
     shapes: dict[str, tuple[int, ...]] = {}
+    at_batch: dict[str, tuple[int, ...]] | None = None
     for name in names:
         if name in values:
             shapes[name] = tuple(values[name].shape)
@@ -132,6 +133,13 @@ def resolve_shapes(graph: Graph, values: dict[str, np.ndarray], source: str, nam
             continue
         s = list(graph.shape(name))  # type: ignore[arg-type]
         if s and (s[0] is None or (g_batch is not None and s[0] == g_batch and n_batch != g_batch)):
+            # axis 0 depends on the batch, but is not always the batch (Swin's [batch·windows, tokens, C]):
+            # ask shape inference at this batch size, and only then fall back to "axis 0 is the batch"
+            if at_batch is None:
+                at_batch = graph.shapes_at(n_batch)
+            if name in at_batch:
+                shapes[name] = at_batch[name]
+                continue
             s[0] = n_batch
         shapes[name] = tuple(int(d) for d in s)
     return shapes

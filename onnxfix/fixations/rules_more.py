@@ -136,8 +136,10 @@ class ResizeRule(Rule):
 
 @register("ConvTranspose")
 class ConvTransposeRule(Rule):
-    """Algorithm 2 for a transposed convolution: the input location (channel and position) whose activation ×
-    filter weight contributes most to the output location (any stride, pad, output padding, dilation, group)."""
+    """Algorithm 2 for a transposed convolution, as for a Conv (a transposed convolution is one, on the
+    stride-dilated input): the input channel of the output's group with the largest sum of activation × filter
+    weight over the input positions that reach the output location, then that channel's position with the largest
+    contribution (first on ties, positions row-major); any stride, pad, output padding, dilation, group."""
 
     def backtrack(self, node, ctx, out):
         xn, wn = node.inputs[0], node.inputs[1]
@@ -154,7 +156,9 @@ class ConvTransposeRule(Rule):
         ks = w.shape[2:]
         pads = a.get("pads")
         ys = ctx.value(node.outputs[0]).shape
-        if pads is None or str(a.get("auto_pad", "NOTSET")) not in ("NOTSET", "VALID", ""):
+        # output_shape makes the pads (ONNX spec: "pads values are ignored"; the graph fills zeros in for them)
+        if pads is None or a.get("output_shape") is not None or \
+                str(a.get("auto_pad", "NOTSET")) not in ("NOTSET", "VALID", ""):
             op = list(a.get("output_padding") or [0, 0])
             total = [st[i] * (x.shape[2 + i] - 1) + op[i] + ((ks[i] - 1) * dl[i] + 1) - ys[2 + i] for i in range(2)]
             upper = str(a.get("auto_pad", "NOTSET")) == "SAME_UPPER"
@@ -166,24 +170,26 @@ class ConvTransposeRule(Rule):
         for row in out[node.outputs[0]]:
             n, co, oy, ox = (int(v) for v in row)
             grp, col = co // cout_g, co % cout_g
-            best, top = None, -np.inf
+            chans = np.arange(grp * cin_g, (grp + 1) * cin_g)
+            taps = []  # (iy, ix, ky, kx): the input positions that reach this output, row-major
             for ky in range(ks[0]):
                 ny = oy + pt - ky * dl[0]
                 if ny % st[0] or not 0 <= ny // st[0] < x.shape[2]:
                     continue
-                iy = ny // st[0]
                 for kx in range(ks[1]):
                     nx_ = ox + pl - kx * dl[1]
                     if nx_ % st[1] or not 0 <= nx_ // st[1] < x.shape[3]:
                         continue
-                    ix = nx_ // st[1]
-                    chans = np.arange(grp * cin_g, (grp + 1) * cin_g)
-                    c = x[n, chans, iy, ix] * w[chans, col, ky, kx]
-                    j = int(np.argmax(c))
-                    if c[j] > top:
-                        best, top = (n, int(chans[j]), iy, ix), c[j]
-            if best is not None:
-                res.append(best)
+                    taps.append((ny // st[0], nx_ // st[1], ky, kx))
+            if not taps:  # only padding reaches this output
+                continue
+            taps.sort()
+            iy, ix, ky, kx = (np.array(t) for t in zip(*taps, strict=True))
+            # contributions [channel, tap]; Algorithm 2: the channel with the largest sum, then its largest tap
+            c = x[n][np.ix_(chans, iy, ix)].diagonal(axis1=1, axis2=2) * w[chans, col][:, ky, kx]
+            j = int(np.argmax(c.sum(axis=1)))
+            t = int(np.argmax(c[j]))
+            res.append((n, int(chans[j]), int(iy[t]), int(ix[t])))
         return {xn: np.array(res, np.int64).reshape(-1, 4)}
 
 
@@ -192,7 +198,10 @@ register(*[op for op in _ELEMENTWISE if op not in RULES])(type("ElementwiseMore"
     "__doc__": "Elementwise ops of one data input (the exponent of Pow a constant): the location is kept."}))
 
 if "Min" not in RULES and "Max" in RULES:
-    register("Min")(type("MinRule", (type(RULES["Max"]),), {"__doc__": "Min: as Max, with the smallest input."}))
+    # Max's rule (rules.AddRule) takes the input with the largest sign × value: Min is the smallest
+    register("Min")(type("MinRule", (type(RULES["Max"]),), {
+        "__doc__": "Min: the data input with the smallest value at the location (ties: the first).",
+        "sign": (-1.0,)}))
 
 
 @register("Where")

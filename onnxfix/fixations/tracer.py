@@ -14,6 +14,7 @@ traced in one walk: start rows carry their batch index, and every image's locati
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 
@@ -24,7 +25,8 @@ from onnxfix.fixations import lstm as _lstm  # noqa: F401 - registers the LSTM r
 from onnxfix.fixations.plan import PLANS, Plan, PlanCache, check_shapes, path_nodes, shape_known, value_reads
 from onnxfix.fixations.registry import Context, SelectionPolicy, rule_for
 from onnxfix.graph import Graph, Node
-from onnxfix.kernels.plan import run_plan
+from onnxfix.kernels import warm
+from onnxfix.kernels.plan import run_plan, run_plan_numpy
 
 __all__ = ["Trace", "missing_rules", "needed_tensors", "path_nodes", "trace"]
 
@@ -156,8 +158,11 @@ def _run_compiled(plan: Plan, ptrs: tuple[np.ndarray, list], values: dict[str, n
     else:
         start_flat = np.ravel_multi_index(tuple(locs.T), shape0).astype(np.int64)
     ptr, keep = ptrs
-    flat, offsets, sent = run_plan(plan.steps, plan.ip, plan.fp, plan.weights, ptr, len(plan.tensors), plan.start_t,
-                                   start_flat)
+    args = (plan.steps, plan.ip, plan.fp, plan.weights, ptr, len(plan.tensors), plan.start_t, start_flat)
+    if warm.ready(run_plan, *args):
+        flat, offsets, sent = run_plan(*args)
+    else:  # numba's cache is cold: the numpy twin (same sets) while a background process compiles
+        flat, offsets, sent = run_plan_numpy(*args[:4], [v.reshape(-1) for v in keep], *args[5:])
     del keep
     result = Trace(start, source)
     loc = result.locations
@@ -205,9 +210,23 @@ def needed_tensors(graph: Graph, source: str, start: str, policy: SelectionPolic
     ``start`` is included, ``source`` is not (the caller has it). A ``policy`` other than the default may read
     more: with one, every tensor on the path is named (as before).
     """
+    every = policy is not None and type(policy) is not SelectionPolicy
+    per = _NEEDED.get(graph)
+    if per is None:
+        per = _NEEDED.setdefault(graph, {})
+    key = (source, start, every)
+    if key not in per:  # the walk's needs depend on the graph only: worked out once per graph
+        per[key] = _needed(graph, source, start, every)
+    return list(per[key])
+
+
+_NEEDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _needed(graph: Graph, source: str, start: str, every: bool) -> list[str]:
     nodes = path_nodes(graph, source, start)
     names: list[str] = []
-    if policy is not None and type(policy) is not SelectionPolicy:
+    if every:
         for n in nodes:
             names.extend(t for t in list(n.inputs) + list(n.outputs) if t and t not in graph.constants)
     for n in nodes:

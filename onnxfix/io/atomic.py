@@ -20,6 +20,7 @@ Guarantees (docs/robustness.md):
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import signal
 import tempfile
@@ -250,7 +251,7 @@ def write_new(candidates: Iterable[str | os.PathLike], write: Callable[[IO[Any]]
     tmp = _write_temp(folder, write, binary, first)
     cand = first
     try:
-        for cand in (first, *(Path(c) for c in it)):  # noqa: B020 - cand names the path in error messages
+        for cand in itertools.chain((first,), (Path(c) for c in it)):  # noqa: B020 - cand names the path in errors
             if used is not None and cand in used:
                 continue
             if overwrite:

@@ -1,4 +1,5 @@
-"""Class names for a model's output: a file, the model's metadata, a sibling file, or ImageNet for 1000 classes.
+"""Class names for a model's output: a file, the model's metadata (onnxfix's own, or what exporters write:
+:func:`metadata_labels`), a sibling file, or ImageNet for 1000 classes.
 
 Labels come from untrusted files and models, so reading them is bounded (:mod:`onnxfix.io.files`): a regular file of
 at most :data:`MAX_LABELS_BYTES`, JSON nested at most two levels, one name per class. A labels source whose count
@@ -130,6 +131,66 @@ def find_labels(
         return imagenet_labels()
     if n_classes == 1001:
         return ["background"] + imagenet_labels()
+    return None
+
+
+#: metadata keys exporters write class names under, in the order they are tried
+METADATA_KEYS = ("names", "labels", "classes", "character")
+
+
+def _split(text: str) -> list[str]:
+    """A list/tuple/dict literal, else newline-separated (blank lines dropped), else comma-separated text."""
+    import ast
+
+    try:
+        obj = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+        return [s for s in text.splitlines() if s] if "\n" in text else [s.strip() for s in text.split(",")]
+    if isinstance(obj, dict):
+        keys = [k for k in obj if isinstance(k, int) or (isinstance(k, str) and re.fullmatch(r"[0-9]{1,9}", k))]
+        if len(keys) != len(obj) or not obj or max(int(k) for k in keys) >= MAX_LABELS:
+            raise ValueError("not an {index: name} dict")
+        table = {int(k): str(v) for k, v in obj.items()}
+        return [table.get(i, str(i)) for i in range(max(table) + 1)]
+    if isinstance(obj, list | tuple):
+        return [str(x) for x in obj]
+    raise ValueError("not a list of names")
+
+
+def metadata_labels(metadata: dict[str, str], n_classes: int | None) -> list[str] | None:
+    """Class names from the metadata exporters write, or ``None`` when none fits the output's ``n_classes``.
+
+    * ultralytics ``names``: a dict literal ``{0: 'person', 1: 'bicycle', ...}``;
+    * ``labels`` / ``classes``: a list literal, or newline- or comma-separated names;
+    * PaddleOCR ``character``: the CTC vocabulary, one character per line; the classes are ``blank`` (index 0), the
+      vocabulary, then a space (PaddleOCR's ``CTCLabelDecode`` with ``use_space_char``) — without the space when the
+      output has exactly one class fewer. With an unknown class count the space is kept (PaddleOCR's default).
+
+    Parameters
+    ----------
+    metadata : dict
+        The model's ``metadata_props``.
+    n_classes : int, optional
+        The explained output's class count; a source with another count is skipped.
+    """
+    for key in METADATA_KEYS:
+        text = metadata.get(key)
+        if not text or len(text) > MAX_LABELS_BYTES:
+            continue
+        if key == "character":
+            lines = text.split("\n")  # "\n" only: a vocabulary may hold other line-break characters
+            if lines[-1] == "":
+                lines.pop()
+            names = ["blank", *(ln[:-1] if ln.endswith("\r") else ln for ln in lines)]
+            if n_classes is None or n_classes == len(names) + 1:
+                names.append(" ")
+        else:
+            try:
+                names = _split(text)
+            except ValueError:
+                continue
+        if names and len(names) <= MAX_LABELS and (n_classes is None or len(names) == n_classes):
+            return names
     return None
 
 

@@ -30,3 +30,9 @@ __import__("onnxfix.methods.drise")
 
 # issue #16, visual explanation by interpretation (Oramas et al.): applies where `onnxfix interpret` left its JSON
 __import__("onnxfix.interpret.explanation")
+
+# issue #15 item 2: FullGrad (input-gradient + every bias-gradient map)
+__import__("onnxfix.methods.fullgrad")
+
+# issue #15 item 5: LRP with Zennit's composites (a modified backward of the autodiff engine)
+__import__("onnxfix.methods.lrp")

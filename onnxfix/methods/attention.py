@@ -154,7 +154,11 @@ class AttentionMethod(Method):
     def applies(self, model):
         if not attention_tensors(model):
             return fused_attention_reason(model)
-        from onnxfix.methods.layers import token_grid
+        from onnxfix.methods.layers import token_grid, windowed_attention_reason
+
+        windowed = windowed_attention_reason(model)
+        if windowed is not None:
+            return windowed
 
         shape = model.graph.shape(attention_tensors(model)[-1])
         if shape is not None and isinstance(shape[-1], int) and token_grid(model, shape[-1]) is None:

@@ -34,6 +34,7 @@ user's image frame: display work (resize to the image, normalise, density, box) 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import re
@@ -203,9 +204,14 @@ def coerce(value: Any, tp: Any) -> Any:
     raise ValueError
 
 
+@functools.cache
+def _type_hints(options_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(options_cls)
+
+
 def option_fields(options_cls: type) -> dict[str, tuple[Any, Any]]:
     """{name: (type, default)} of an Options dataclass."""
-    hints = typing.get_type_hints(options_cls)
+    hints = _type_hints(options_cls)
     out = {}
     for f in dataclasses.fields(options_cls):
         default = f.default if f.default is not dataclasses.MISSING else (

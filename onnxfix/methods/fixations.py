@@ -7,11 +7,15 @@ locations whose batch index is ``n``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 
 from onnxfix.errors import UnsupportedOp
 from onnxfix.fixations import missing_rules, needed_tensors, trace
-from onnxfix.methods.base import Attribution, Method, Result, check_finite, input_points, register_method
+from onnxfix.fixations.rules_attention import AttentionPolicy, has_attention
+from onnxfix.methods.base import Attribution, Method, NoOptions, Result, check_finite, input_points, register_method
 from onnxfix.targets import locations
 
 
@@ -21,6 +25,20 @@ class Fixations(Method):
     summary = "CNN Fixations: backtrack the predicted label through the graph to the pixels (points + density)"
     engine = "fixations"
     kind = "points"
+
+    @dataclass
+    class Options:
+        attention: Literal["positive", "argmax", "topk"] = "argmax"
+        attention_k: int = 3
+
+        def check(self) -> None:
+            if self.attention_k < 1:
+                raise ValueError(f"attention_k={self.attention_k} must be ≥ 1")
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.free_options and "Options" not in cls.__dict__:
+            cls.Options = NoOptions  # a free-option subclass (discernible) validates its own options
 
     def applies(self, model):
         miss = missing_rules(model.graph, model.input, model.head.logits)
@@ -41,21 +59,29 @@ class Fixations(Method):
         vals[model.input] = x
         return trace(model.graph, vals, model.input, model.head.logits, self.start(model, targets), **kw)
 
+    @staticmethod
+    def policy(model, attention: str = "positive", attention_k: int = 3) -> AttentionPolicy | None:
+        """The tracer policy for the ``attention`` option (``None``: every rule as registered, the compiled plan)."""
+        if attention == "positive" or not has_attention(model.graph):
+            return None
+        return AttentionPolicy(attention, attention_k)
+
     def attribute_resolved(self, model, x, values, targets, opts):
+        policy = self.policy(model, opts.attention, opts.attention_k)
         if x.shape[0] > 1:
             try:
-                return self._batch(model, x, values, targets)
+                return self._batch(model, x, values, targets, policy)
             except UnsupportedOp as exc:
                 if "batch" not in str(exc):
                     raise
             return Method.attribute_resolved(self, model, x, values, targets, opts)  # image by image
-        return self._batch(model, x, values, targets)
+        return self._batch(model, x, values, targets, policy)
 
     def explain(self, model, x, values, target, **options):
-        return self._batch(model, x, values, [target]).item(0)
+        return self._batch(model, x, values, [target], self.policy(model, **options)).item(0)
 
-    def _batch(self, model, x, values, targets):
-        t = self.trace_batch(model, x, values, targets)
+    def _batch(self, model, x, values, targets, policy=None):
+        t = self.trace_batch(model, x, values, targets, policy=policy)
         coords = t.at(model.input)
         results = []
         for n in range(x.shape[0]):

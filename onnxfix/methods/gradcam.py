@@ -13,12 +13,19 @@ class GradCAM(LayerCAM):
 
     @dataclass
     class Options:
+        #: a tensor or node name, or a comma list of them (their maps fused as pytorch-grad-cam's)
         layer: str | None = None
+        eigen_smooth: bool = False  # pytorch-grad-cam's first-component projection instead of Σ_k
+        aug_smooth: bool = False  # pytorch-grad-cam's mean over 6 test-time augmentations
         #: Grad-CAM §7's textual explanation in ``extras["textual"]`` (onnxfix.methods.textual) — asked for, as it
         #: costs about as much again as the map on EfficientNet-Lite0
         textual: bool = False
 
     def attribute_resolved(self, model, x, values, targets, opts):
+        if opts.textual and self.fused(opts):
+            from onnxfix.errors import InputError
+
+            raise InputError("gradcam: textual explains one layer's map; drop aug_smooth and the comma list of layers")
         att = super().attribute_resolved(model, x, values, targets, opts)
         if opts.textual:
             from onnxfix.methods.textual import add_textual

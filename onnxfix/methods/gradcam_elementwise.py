@@ -3,13 +3,15 @@
 import numpy as np
 
 from onnxfix.methods.base import register_method
-from onnxfix.methods.eigencam import SmoothableCAM
+from onnxfix.methods.gradients import CAMOptions
+from onnxfix.methods.gradients import LayerCAM as GradientCAM
 
 
 @register_method
-class GradCAMElementWise(SmoothableCAM):
+class GradCAMElementWise(GradientCAM):
     name = "gradcam-elementwise"
     summary = "Grad-CAM element-wise: positive parts of gradient x activation summed over channels"
+    Options = CAMOptions
 
     def weighted(self, grads, acts):
         return np.maximum(grads * acts, 0.0)

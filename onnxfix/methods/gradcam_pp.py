@@ -4,13 +4,14 @@ a_ij = g² / (2g² + Σ_ab A_ab · g³) where g ≠ 0, w_k = Σ_ij a_ij · ReLU(
 import numpy as np
 
 from onnxfix.methods.base import register_method
-from onnxfix.methods.gradients import LayerCAM
+from onnxfix.methods.gradients import CAMOptions, LayerCAM
 
 
 @register_method
 class GradCAMPlusPlus(LayerCAM):
     name = "gradcam++"
     summary = "Grad-CAM++: pixel-weighted gradients, better for several instances of a class"
+    Options = CAMOptions
 
     def weights(self, grads, acts):
         g2, g3 = grads**2, grads**3

@@ -4,13 +4,15 @@
 import numpy as np
 
 from onnxfix.methods.base import register_method
-from onnxfix.methods.eigencam import SmoothableCAM
+from onnxfix.methods.gradients import CAMOptions
+from onnxfix.methods.gradients import LayerCAM as GradientCAM
 
 
 @register_method
-class LayerCAM(SmoothableCAM):
+class LayerCAM(GradientCAM):
     name = "layercam"
     summary = "LayerCAM: positive gradients times activations, element-wise (good at shallow layers too)"
+    Options = CAMOptions
 
     def weighted(self, grads, acts):
         return np.maximum(grads, 0.0) * acts

@@ -2,13 +2,15 @@
 1.5.7's ``XGradCAM`` (same eps), map ReLU(Σ_k α_k A_k)."""
 
 from onnxfix.methods.base import register_method
-from onnxfix.methods.eigencam import SmoothableCAM
+from onnxfix.methods.gradients import CAMOptions
+from onnxfix.methods.gradients import LayerCAM as GradientCAM
 
 
 @register_method
-class XGradCAM(SmoothableCAM):
+class XGradCAM(GradientCAM):
     name = "xgradcam"
     summary = "XGrad-CAM: activation-normalised gradient weights (axiom-based Grad-CAM)"
+    Options = CAMOptions
 
     def weights(self, grads, acts):
         return (grads * acts / (acts.sum(axis=(1, 2))[:, None, None] + 1e-7)).sum(axis=(1, 2))
