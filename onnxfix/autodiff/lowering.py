@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from onnxfix.errors import UnsupportedOp
 from onnxfix.graph import Graph, Node
 
 _ACTS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu"}
@@ -46,6 +47,11 @@ def _in(node: Node, i: int) -> str:
 
 def _domain(node: Node) -> str:
     return "" if node.domain in ("", "ai.onnx") else node.domain
+
+
+#: the one reason a recurrent op cannot be lowered that a concrete input shape fixes (a per-shape gradient variant
+#: of :class:`~onnxfix.autodiff.program.GradientProgram` unrolls it over the call's T)
+STATIC_T = "the sequence length must be static"
 
 
 def why_not_lowerable(graph: Graph, node: Node) -> str | None:
@@ -126,7 +132,7 @@ def _why_not_recurrent(graph: Graph, node: Node) -> str | None:
     xs = graph.shape(node.inputs[0])
     layout = int(a.get("layout", 0))
     if xs is None or len(xs) != 3 or xs[1 if layout else 0] is None:
-        return "the sequence length must be static"
+        return STATIC_T
     return None
 
 
@@ -381,6 +387,11 @@ def lower(graph: Graph, nodes: list[Node]) -> Graph:
         if node is None or pn.op_type != node.op_type or not has_lowering(node):
             new_nodes.append(pn)
             continue
+        why = why_not_lowerable(graph, node)
+        if why is not None:  # e.g. STATIC_T on the generic graph: the caller builds per input shape instead
+            err = UnsupportedOp("autodiff", [(node.op_type, node.name)])
+            err.args = (f"{err.args[0]} ({node.name}: {why})",)
+            raise err
         lowered, extra = LOWERINGS[(_domain(node), node.op_type)][1](graph, node, taken)
         new_nodes.extend(lowered)
         inits.extend(extra)

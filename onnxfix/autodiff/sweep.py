@@ -44,7 +44,11 @@ def needed_nodes(graph: Graph, of: str, wrt: Sequence[str]) -> list[Node]:
 def _why_missing(graph: Graph, n: Node, rules: RuleStack | None) -> str | None:
     """``None`` if node ``n`` can be differentiated (a rule, or a lowering that applies), else ``""`` or a reason."""
     if lowering.has_lowering(n):
-        return lowering.why_not_lowerable(graph, n)
+        why = lowering.why_not_lowerable(graph, n)
+        if why == lowering.STATIC_T and any(
+                graph.shape(i) is None or None in (graph.shape(i) or ()) for i in graph.inputs):
+            return None  # a dynamic-size model: each input shape gets its own unrolled variant
+        return why
     if n.domain not in ("", "ai.onnx"):
         return lowering.refusal(n)
     if rules is None:

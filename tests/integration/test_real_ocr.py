@@ -235,3 +235,46 @@ def test_ddddocr_quantised_refuses_gradients_naming_the_ops(ddddocr_q):
     for method in ("saliency", "gradcam"):
         with pytest.raises(UnsupportedModel, match="quantised.*ConvInteger"):
             ex.explain(img, method=method)
+
+
+# -- ddddocr's float CTC recogniser: a CNN + LSTM with a dynamic width, so a dynamic sequence length ---------------
+
+
+@pytest.fixture(scope="module")
+def ddddocr_float(real_model):
+    e = real_model("ddddocr_ocr")
+    img = _tool().render_line("12345", height=64, size=48)
+    return explainer(e, img.shape[:2]), img
+
+
+def test_ddddocr_lstm_gradient_per_input_width(ddddocr_float):
+    """The LSTM's T follows the image width: gradient methods apply (the lowering unrolls it per input shape,
+    onnxfix/autodiff/lowering.py STATIC_T) and the saliency of the read text is its directional derivative."""
+    ex, img = ddddocr_float
+    m = ex.model
+    assert METHODS_OK(m, "saliency") and METHODS_OK(m, "gradcam")
+    r = ex.explain(img, method="saliency", target=Text(blank=0))
+    assert r.label == "12345"
+    x = ex.prepare(img)[0].astype(np.float64)
+    w = np.asarray(r.resolved.weights, np.float64)  # [T, 1, C]: one at each step of the text, its class
+    g = np.asarray(r.attribution, np.float64)
+
+    def score(z: np.ndarray) -> float:
+        out = m.runtime.run({m.input: z.astype(np.float32)}, [m.head.logits])[m.head.logits]
+        return float((np.asarray(out, np.float64) * w).sum())
+
+    # central differences along random directions; the net is piecewise linear at small scales (ReLU kinks), so
+    # the step is small (1e-3 of the [0, 1] pixel scale) and float32 noise bounds the tolerance (≈2 % seen)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        v = rng.standard_normal(x.shape)
+        fd = (score(x + 1e-3 * v) - score(x - 1e-3 * v)) / 2e-3
+        assert abs(float((g * v).sum()) - fd) <= 0.06 * max(abs(fd), 10.0), (float((g * v).sum()), fd)
+    cam = ex.explain(img, method="gradcam", target=Text(blank=0)).heatmap
+    assert cam.shape == img.shape[:2] and np.isfinite(cam).all() and cam.std() > 1e-3
+
+
+def METHODS_OK(model, name: str) -> bool:
+    from onnxfix.methods import METHODS
+
+    return METHODS[name].applies(model) is None
