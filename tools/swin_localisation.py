@@ -1,7 +1,7 @@
 """Localisation on the Swin sample (issue #12): the ViT table's measure (tools/bench_transformers.py ``localise``) on
 ``sample_models/swin_shapes.onnx``.
 
-    python tools/swin_localisation.py [--n 100] [--json out.json] [--only fixations] [--fix-shapes]
+    python tools/swin_localisation.py [--n 100] [--json out.json] [--only fixations]
 
 Generated held-out scenes with one object and its box (tools/scenes.classification_set, seed 2002, the models' own
 held-out distribution); each method explains the ground-truth class; pointing game (the map's maximum inside the
@@ -9,9 +9,7 @@ box) and box IoU (Grad-CAM's WSOL box at 15 % of the max; fixations: outlier rem
 of bench_transformers.localise, called per method. A method that refuses (attention rollout on windowed attention)
 or fails is listed with its message. Prints a markdown table (docs/transformers.md, "Swin").
 
-``--fix-shapes`` measures fixations with the fix proposed for onnxfix/fixations/plan.py applied in this process
-only: ``resolve_shapes`` takes every planned tensor's shape from ONNX shape inference at the actual batch size
-instead of setting a symbolic leading axis to the batch (Swin's window tensors lead with batch × windows).
+Fixations run through the window tensors with shapes from ``Graph.shapes_at`` (onnxfix/fixations/plan.py).
 """
 
 from __future__ import annotations
@@ -31,41 +29,6 @@ METHODS = [
     ("gradcam", {"layer": STAGE1}), ("layercam", {"layer": STAGE1}),
     ("attention-rollout", {}), ("attention-gradient", {}), ("fixations", {}),
 ]
-
-
-def fix_fixation_shapes() -> None:
-    """The proposed plan.py fix, patched in for this process (see the module docstring)."""
-    import onnx
-    from onnx import shape_inference
-
-    from onnxfix.fixations import plan
-
-    orig, cache = plan.resolve_shapes, {}
-
-    def shapes_at(graph, n: int) -> dict:
-        key = (id(graph), n)
-        if key not in cache:
-            m = onnx.ModelProto()
-            m.CopyFrom(graph.model)
-            for vi in m.graph.input:
-                d = vi.type.tensor_type.shape.dim
-                if len(d) and not d[0].HasField("dim_value"):
-                    d[0].ClearField("dim_param")
-                    d[0].dim_value = n
-            del m.graph.value_info[:]
-            m = shape_inference.infer_shapes(m, data_prop=True)
-            cache[key] = {vi.name: tuple(x.dim_value for x in vi.type.tensor_type.shape.dim)
-                          for vi in m.graph.value_info if all(x.HasField("dim_value")
-                                                              for x in vi.type.tensor_type.shape.dim)}
-        return cache[key]
-
-    def resolve_shapes(graph, values, source, names):
-        out = orig(graph, values, source, names)
-        x = values[source]
-        static = shapes_at(graph, x.shape[0] if x.ndim else 1)
-        return {k: (static.get(k, v) if k not in values else v) for k, v in out.items()}
-
-    plan.resolve_shapes = resolve_shapes
 
 
 def _bench():
@@ -99,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=2002)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--only", nargs="*", help="only these methods")
-    ap.add_argument("--fix-shapes", action="store_true", help="fixations with the proposed plan.py shape fix")
     a = ap.parse_args(argv)
-    if a.fix_shapes:
-        fix_fixation_shapes()
     rows = run(a.model, a.n, a.seed, a.only)
     print()
     print(_bench().table(rows))
