@@ -74,3 +74,15 @@ def rgb_image(tmp_path) -> Path:
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "onnxfix", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=300)
+
+
+def import_peer(module: str):
+    """``pytest.importorskip(module)`` for a peer that imports torchvision at import time (pytorch-grad-cam,
+    Quantus, Zennit): tests/stubs stands in for torchvision when it is not installed (tests/stubs/README.md)."""
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        stubs = str(Path(__file__).resolve().parent / "stubs")
+        if stubs not in sys.path:
+            sys.path.append(stubs)
+    return pytest.importorskip(module)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-quantus = pytest.importorskip("quantus")
+from tests.conftest import import_peer
+
+quantus = import_peer("quantus")  # quantus imports torchvision: tests/stubs stands in where it is absent
 torch = pytest.importorskip("torch")
 
 from onnx import numpy_helper  # noqa: E402

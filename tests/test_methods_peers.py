@@ -331,19 +331,16 @@ def test_efficientnet_ig_and_smoothgrad_vs_float64_captum(effnet, monkeypatch):
 
 def test_installed_peers_import():
     """A peer that is installed must import (with tests/stubs for torchvision): a parity test that cannot import
-    its peer skips, and a stand-in left in ``sys.modules`` by another test once silently skipped 33 of them."""
-    import importlib
+    its peer skips, and a stand-in left in ``sys.modules`` by another test once silently skipped 33 of them (and
+    Quantus' tests skipped, importing it before the stubs were on the path)."""
     import importlib.metadata as md
 
-    _pgc_path = str(HERE / "stubs")
-    for dist, module in (("grad-cam", "pytorch_grad_cam"), ("zennit", "zennit"), ("captum", "captum")):
+    from tests.conftest import import_peer
+
+    for dist, module in (("grad-cam", "pytorch_grad_cam"), ("zennit", "zennit"), ("captum", "captum"),
+                         ("quantus", "quantus")):
         try:
             md.version(dist)
         except md.PackageNotFoundError:
             continue
-        try:
-            import torchvision  # noqa: F401
-        except ImportError:
-            if _pgc_path not in sys.path:
-                sys.path.append(_pgc_path)
-        importlib.import_module(module)
+        assert import_peer(module) is not None

@@ -20,6 +20,7 @@ from onnxfix.evaluate.metrics import complexity as cx
 from onnxfix.evaluate.metrics import faithfulness_correlation as fc
 from onnxfix.evaluate.metrics import robustness as rb
 from onnxfix.evaluate.metrics.context import MetricContext, computed_values
+from tests.conftest import import_peer
 
 HERE = Path(__file__).resolve().parent
 STUBS = HERE / "stubs"
@@ -163,7 +164,7 @@ def test_road_equals_pytorch_grad_cam(plain, monkeypatch):
     assert abs(ref_morf) > 1e-3 and abs(ref_lerf) > 1e-4  # the removal changes the score: the case tests something
 
 
-quantus = pytest.importorskip("quantus")
+quantus = import_peer("quantus")  # quantus imports torchvision: tests/stubs stands in where it is absent
 
 
 def test_faithfulness_correlation_equals_quantus(plain):
