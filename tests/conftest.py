@@ -76,13 +76,18 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
                           cwd=cwd, timeout=300)
 
 
-def import_peer(module: str):
-    """``pytest.importorskip(module)`` for a peer that imports torchvision at import time (pytorch-grad-cam,
-    Quantus, Zennit): tests/stubs stands in for torchvision when it is not installed (tests/stubs/README.md)."""
+def torchvision_stub() -> None:
+    """Put tests/stubs on ``sys.path`` (after site-packages) when torchvision is not installed: pytorch-grad-cam,
+    Quantus and Zennit import it at import time (tests/stubs/README.md)."""
     try:
         import torchvision  # noqa: F401
     except ImportError:
         stubs = str(Path(__file__).resolve().parent / "stubs")
         if stubs not in sys.path:
             sys.path.append(stubs)
+
+
+def import_peer(module: str):
+    """``pytest.importorskip(module)`` for a peer that imports torchvision (see :func:`torchvision_stub`)."""
+    torchvision_stub()
     return pytest.importorskip(module)
