@@ -18,7 +18,7 @@ from PIL import Image
 
 from onnxfix import maps, render
 from onnxfix.errors import InputError, UnsupportedModel
-from onnxfix.io.image import Frame, Preprocess, prepare
+from onnxfix.io.image import Frame, Preprocess, decode_image, own_size, prepare
 from onnxfix.methods import METHODS
 from onnxfix.model import Model
 from onnxfix.targets import Resolved, Target
@@ -173,6 +173,8 @@ class Explainer:
         self._pre_overrides = dict(preprocess or {})
         self._spec: Preprocess | None = None
         self._applies: dict[str, str | None] = {}
+        #: (height, width) → whether a dynamic-size model runs at that size (:meth:`_runs_at`)
+        self._sizes: dict[tuple[int | None, int | None], bool] = {}
 
     @property
     def spec(self) -> Preprocess:
@@ -206,9 +208,55 @@ class Explainer:
             self._applies[name] = why
         return self._applies[name]
 
+    def _runs_at(self, h: int, w: int, dyn_h: bool, dyn_w: bool) -> bool:
+        """Whether the model runs on an input of height ``h`` and width ``w`` (a forward of zeros, once per size;
+        the answers are kept in ``self._sizes``)."""
+        key = (h if dyn_h else None, w if dyn_w else None)
+        if key not in self._sizes:
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in self.model.input_shape]
+            hi, wi = (2, 3) if self.spec.layout == "nchw" else (1, 2)
+            if dyn_h:
+                shape[hi] = h
+            if dyn_w:
+                shape[wi] = w
+            dt = self.model.graph.tensors[self.model.input].dtype or np.float32
+            try:
+                self.model.runtime.run({self.model.input: np.zeros(shape, dt)}, [self.model.head.logits])
+                self._sizes[key] = True
+            except Exception:  # noqa: BLE001 - any failure means "not at this size"
+                self._sizes[key] = False
+        return self._sizes[key]
+
+    def _dynamic_hw(self) -> tuple[bool, bool]:
+        """(height, width) of the model's image input that are dynamic and that no preprocessing override fixed."""
+        shape = self.model.input_shape
+        if len(shape) != 4:
+            return False, False
+        spec = self.spec
+        h, w = (shape[2], shape[3]) if spec.layout == "nchw" else (shape[1], shape[2])
+        given = {k for k in ("height", "width") if self._pre_overrides.get(k) is not None}
+        return (not (isinstance(h, int) and h > 0) and "height" not in given,
+                not (isinstance(w, int) and w > 0) and "width" not in given)
+
     def prepare(self, image: Any) -> tuple[np.ndarray, Frame, Image.Image | None]:
-        """Decode and preprocess ``image`` into the model's input tensor."""
-        return prepare(image, self.spec, self.model.input_shape, self.max_image_pixels,
+        """Decode and preprocess ``image`` into the model's input tensor.
+
+        A model whose input height/width are dynamic and not given (``preprocess={"height": …}``, ``--size``) takes
+        the image at its own size (long side ≤ :data:`~onnxfix.io.image.OWN_SIZE_MAX`, aspect kept): an OCR line
+        stays 48 px high, a page keeps its shape."""
+        spec = self.spec
+        dyn_h, dyn_w = self._dynamic_hw()
+        if (dyn_h or dyn_w) and not (isinstance(image, np.ndarray) and image.dtype != np.uint8
+                                     and image.ndim == len(self.model.input_shape)):
+            image = decode_image(image, self.max_image_pixels)
+            h, w = own_size((image.height, image.width))
+            if not self._runs_at(h, w, dyn_h, dyn_w):
+                # detectors and DB text detectors need multiples of 32 (their FPN adds upsampled maps)
+                up = (-(-h // 32) * 32 if dyn_h else h, -(-w // 32) * 32 if dyn_w else w)
+                if self._runs_at(*up, dyn_h, dyn_w):
+                    h, w = up
+            spec = spec.with_overrides(height=h if dyn_h else None, width=w if dyn_w else None)
+        return prepare(image, spec, self.model.input_shape, self.max_image_pixels,
                        memory_budget=self.model.runtime.memory_budget)
 
     def __getstate__(self) -> dict:
@@ -340,8 +388,14 @@ class Explainer:
     def _explain_batch(self, m, chunk: list[tuple[Any, Any]], opts: Any, top_k: int) -> list[Explanation]:
         t0 = time.perf_counter()
         prepared = [self.prepare(img) for img, _ in chunk]
-        x = np.concatenate([p[0] for p in prepared]) if len(prepared) > 1 else prepared[0][0]
+        same = len({p[0].shape for p in prepared}) == 1  # images at their own sizes (a dynamic-size model) may differ
+        x = np.concatenate([p[0] for p in prepared]) if len(prepared) > 1 and same else prepared[0][0]
         targets = [t for _, t in chunk]
+        if not same:
+            atts = [m.attribute(self.model, p[0], [t], opts) for p, t in zip(prepared, targets, strict=True)]
+            seconds = (time.perf_counter() - t0) / len(chunk)
+            return [self._explanation(m, a, 0, frame, img, seconds, top_k)
+                    for a, (_x, frame, img) in zip(atts, prepared, strict=True)]
         mdl = self.model if len(chunk) == 1 else self.model.batch_model()
         if mdl is None:
             atts = [m.attribute(self.model, x[i:i + 1], [targets[i]], opts) for i in range(len(chunk))]

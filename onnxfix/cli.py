@@ -386,7 +386,11 @@ def cmd_inspect(argv: list[str]) -> int:
     }
     try:
         spec = m.preprocess()
-        info["preprocess"] = {"size": [spec.height, spec.width], "layout": spec.layout, "channels": spec.channels,
+        shape = m.input_shape
+        hw = (shape[2], shape[3]) if spec.layout == "nchw" else (shape[1], shape[2])
+        size = [spec.height, spec.width] if all(isinstance(d, int) and d > 0 for d in hw) else \
+            "the image's own (dynamic H/W; long side ≤ 640, multiples of 32 where the model needs them)"
+        info["preprocess"] = {"size": size, "layout": spec.layout, "channels": spec.channels,
                               "mean": list(spec.mean), "std": list(spec.std), "scale": spec.scale}
     except InputError as exc:
         info["preprocess"] = str(exc)

@@ -144,6 +144,27 @@ def infer_preprocess(
     return Preprocess(int(h), int(w), layout, channels, tuple(mean), tuple(std), scale)
 
 
+#: a model whose image input has a dynamic height/width (OCR, detectors) gets each image at its own size, its long
+#: side brought down to this and its short side up to OWN_SIZE_MIN (aspect kept): docs/decisions.md
+OWN_SIZE_MAX = 640
+OWN_SIZE_MIN = 32
+
+
+def own_size(hw: tuple[int, int], long_max: int = OWN_SIZE_MAX, short_min: int = OWN_SIZE_MIN) -> tuple[int, int]:
+    """The model-input size for an image of ``hw`` (H, W) when the model's H/W are dynamic: the image's own,
+    scaled (aspect kept) so the long side is at most ``long_max`` and, where that allows, the short side at least
+    ``short_min``."""
+    h, w = max(1, int(hw[0])), max(1, int(hw[1]))
+    f = 1.0
+    if max(h, w) > long_max:
+        f = long_max / max(h, w)
+    elif min(h, w) < short_min:
+        f = min(short_min / min(h, w), long_max / max(h, w))
+    if f == 1.0:
+        return h, w
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
 def decode_image(source: str | os.PathLike | Image.Image | np.ndarray, max_pixels: int | None = None) -> Image.Image:
     """Open ``source`` as an 8-bit RGB PIL image (EXIF rotation applied, first frame, alpha flattened).
 

@@ -278,3 +278,17 @@ def METHODS_OK(model, name: str) -> bool:
     from onnxfix.methods import METHODS
 
     return METHODS[name].applies(model) is None
+
+
+def test_dynamic_size_models_take_the_image_size(rec, real_model):
+    """No size given: the recogniser reads the 48-px line at its own size; the DB detector, which runs only on
+    multiples of 32, gets the page rounded up (64×192 already is one) — onnxfix/api.py Explainer.prepare."""
+    line = _tool().render_line("12345")
+    ex = explainer(rec)
+    assert ex.prepare(line)[0].shape[2:] == line.shape[:2]
+    assert ex.explain(line, method="saliency", target="text").label == "12345"
+    det = explainer(real_model("ppocr_det"))
+    odd = page()[:, :150]
+    assert det.prepare(odd)[0].shape[2:] == (64, 160)
+    r = det.explain(odd, method="saliency")
+    assert r.heatmap.shape == odd.shape[:2] and r.heatmap[TEXT_ROWS].sum() > 0.6 * r.heatmap.sum()
