@@ -7,8 +7,8 @@ an unlabelled distractor) is explained with ``Box(i=k)``; a hit is a map whose p
 on each side. For the U-Net (unet_shapes) every class the model predicts on a scene (≥ ``MIN_PIXELS`` pixels) is
 explained with ``Region(cls)`` (its predicted mask, pytorch-grad-cam's SemanticSegmentationTarget); a hit is a peak
 inside that mask dilated by one pixel; the CAMs are also run at the last decoder feature map (row
-``unet_shapes @ d1``), as the U-Net's automatic layer is its logits. ``chance`` is the rate a uniformly random
-peak would reach (mean area of the slack box / dilated mask over the image).
+``unet_shapes @ d1``), named explicitly (it is also the automatic layer: the input of the final 1×1 classifier).
+``chance`` is the rate a uniformly random peak would reach (mean area of the slack box / dilated mask over the image).
 
     python tools/detect_localisation.py                        # 100 scenes, every model, table on stdout
     python tools/detect_localisation.py --scenes 20 --json     # JSON: {model: {method: {hits, n, rate}}}
