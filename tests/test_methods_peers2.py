@@ -90,7 +90,8 @@ def test_resize_is_opencvs():
 
 
 @pytest.mark.parametrize("name", ["plain", "resnet"])
-@pytest.mark.parametrize("method,cls_name", [("gradcam", "GradCAM"), ("layercam", "LayerCAM")])
+@pytest.mark.parametrize("method,cls_name", [("gradcam", "GradCAM"), ("layercam", "LayerCAM"),
+                                             ("eigen-gradcam", "EigenGradCAM")])
 def test_aug_smooth(nets, name, method, cls_name):
     exp, ex, c = nets(name)
     ref = peer(exp, c, cls_name, [exp.layer], aug_smooth=True)[0]
