@@ -247,7 +247,9 @@ class Model:
         if not shape:
             raise UnsupportedModel(f"output {name!r} is a scalar; nothing to explain")
         ishape = g.shape(self.input) or ()
-        if any(d is None for d in shape) or not all(isinstance(d, int) and d > 0 for d in ishape[1:]):
+        # a symbolic leading (batch) axis alone needs no probe; an unknown other axis, or an image input of dynamic
+        # size (whose declared output shape may be wrong altogether: ddddocr), does
+        if any(d is None for d in shape[1:]) or not all(isinstance(d, int) and d > 0 for d in ishape[1:]):
             probed = self._probe_shape(logits, tuple(shape))
             if len(probed) != len(shape):  # the declared shape was wrong: its symbolic axes mean nothing
                 symbolic = []

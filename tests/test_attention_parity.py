@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import import_peer
+
 torch = pytest.importorskip("torch")
 
 import onnxfix  # noqa: E402
@@ -25,7 +27,6 @@ import onnxfix  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vit_models as vm  # noqa: E402
 
-STUBS = Path(__file__).resolve().parent / "stubs"
 RTOL = 1e-4
 SIZE = 32
 
@@ -53,12 +54,7 @@ def _report():
 
 
 def pytorch_grad_cam():
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        if str(STUBS) not in sys.path:
-            sys.path.append(str(STUBS))
-    return pytest.importorskip("pytorch_grad_cam")
+    return import_peer("pytorch_grad_cam")
 
 
 class Case:

@@ -32,20 +32,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import import_peer
+
 torch = pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = Path(os.environ.get("ONNXFIX_SAMPLES_V2", ROOT / "sample_models"))  # override: a build in progress
-STUBS = Path(__file__).resolve().parent / "stubs"
 TOL = 1e-4
 
 def pgc():
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        if str(STUBS) not in sys.path:
-            sys.path.append(str(STUBS))
-    return pytest.importorskip("pytorch_grad_cam")
+    return import_peer("pytorch_grad_cam")
 
 
 def nets_v2():

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import import_peer
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -123,13 +125,8 @@ def test_batchnorm_canonizer_is_exact_and_keeps_names():
 
 def _zennit():
     pytest.importorskip("torch")
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:  # zennit.torchvision imports two ResNet block classes only: tests/stubs stands in for them
-        stubs = str(Path(__file__).resolve().parent / "stubs")
-        if stubs not in sys.path:
-            sys.path.append(stubs)
-    return pytest.importorskip("zennit")
+    # zennit.torchvision imports two ResNet block classes only: tests/stubs stands in for them
+    return import_peer("zennit")
 
 
 def _canonizers(exact: bool, sum_forwards: dict):

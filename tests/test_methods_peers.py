@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import import_peer
+
 torch = pytest.importorskip("torch")
 captum_attr = pytest.importorskip("captum.attr")
 
@@ -127,13 +129,7 @@ def test_gradient_shap(nets, monkeypatch):
 
 
 def _pgc():
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        stubs = str(HERE / "stubs")
-        if stubs not in sys.path:
-            sys.path.append(stubs)
-    return pytest.importorskip("pytorch_grad_cam")
+    return import_peer("pytorch_grad_cam")
 
 
 def ref_cam(exp, c: int, cls_name: str, eigen_smooth: bool = False, **kw) -> np.ndarray:

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import import_peer
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("ttach")
 cv2 = pytest.importorskip("cv2")
@@ -40,13 +42,7 @@ def rel_err(ours, ref) -> float:
 
 
 def _pgc():
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        stubs = str(HERE / "stubs")
-        if stubs not in sys.path:
-            sys.path.append(stubs)
-    return pytest.importorskip("pytorch_grad_cam")
+    return import_peer("pytorch_grad_cam")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ from onnxfix.evaluate.metrics.context import MetricContext, computed_values
 from tests.conftest import import_peer
 
 HERE = Path(__file__).resolve().parent
-STUBS = HERE / "stubs"
 RTOL = 1e-4
 
 
@@ -91,12 +90,7 @@ torch = pytest.importorskip("torch")
 
 
 def _pgc():
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        if str(STUBS) not in sys.path:
-            sys.path.append(str(STUBS))
-    return pytest.importorskip("pytorch_grad_cam")
+    return import_peer("pytorch_grad_cam")
 
 
 @pytest.fixture(scope="module")

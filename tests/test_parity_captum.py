@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import import_peer
+
 torch = pytest.importorskip("torch")
 captum_attr = pytest.importorskip("captum.attr")
 
@@ -33,7 +35,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU activations:UserWarning"),
 ]
 
-STUBS = Path(__file__).resolve().parent / "stubs"
 RTOL = 1e-4
 MODELS = list(pm.SPECS)  # plain, resnet, mobile, senet
 TARGETS = ["top", "alt"]  # the top class; NetSpec.alt_target, a class with a mixed-sign Grad-CAM sum
@@ -111,12 +112,7 @@ def _np(t) -> np.ndarray:
 
 def pytorch_grad_cam():
     """pytorch_grad_cam, importing it with the torchvision stand-in when no torchvision is installed."""
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        if str(STUBS) not in sys.path:
-            sys.path.append(str(STUBS))  # after site-packages: a real torchvision always wins
-    return pytest.importorskip("pytorch_grad_cam")
+    return import_peer("pytorch_grad_cam")
 
 
 # ----------------------------------------------------------------------------------------------- references

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import import_peer
+
 torch = pytest.importorskip("torch")
 
 import onnxfix  # noqa: E402
@@ -33,7 +35,6 @@ from onnxfix.methods.layers import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_models" / "swin_shapes.onnx"
-STUBS = Path(__file__).resolve().parent / "stubs"
 RTOL = 1e-4
 LAST = "/layers.1/blocks.1"  # the last (shifted) block of the legacy export
 
@@ -58,12 +59,7 @@ def rel_err(ours, ref) -> float:
 
 
 def pytorch_grad_cam():
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        if str(STUBS) not in sys.path:
-            sys.path.append(str(STUBS))
-    return pytest.importorskip("pytorch_grad_cam")
+    return import_peer("pytorch_grad_cam")
 
 
 class Case:

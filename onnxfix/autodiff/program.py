@@ -238,10 +238,9 @@ class GradientProgram:
         graph = self._graph_ref()
         if graph is None:  # pragma: no cover - the cache drops programs with their graph
             raise InputError("the model of this gradient program is gone")
-        names = [n for n in graph.inputs if n not in graph.constants]
-        values = {n: np.asarray(feeds[n]) for n in names if n in feeds and
-                  _baked(np.asarray(feeds[n]).dtype, np.shape(feeds[n]))}
-        shapes = {n: tuple(int(d) for d in np.shape(feeds[n])) for n in names if n in feeds and n not in values}
+        arrays = {n: np.asarray(feeds[n]) for n in graph.inputs if n not in graph.constants and n in feeds}
+        values = {n: a for n, a in arrays.items() if _baked(a.dtype, a.shape)}
+        shapes = {n: tuple(int(d) for d in a.shape) for n, a in arrays.items() if n not in values}
         key = (tuple(sorted(shapes.items())), tuple(sorted((n, v.tobytes()) for n, v in values.items())))
         with self._vlock:
             hit = self._variants.get(key)
