@@ -58,8 +58,8 @@ def test_fixations_land_on_the_object(name):
 
 def test_captioner_steps_trace_through_the_lstm_onto_the_shapes():
     """Each word's explanation walks back through its own LSTM op, then through m_{t−1} down to step 0's image
-    embedding (CNN Fixations §III-D), and peaks on one of the two shapes. (Word 0 lands on its own shape; word 1 on its
-    own shape is tests/test_captioner.py's strict xfail.)"""
+    embedding (CNN Fixations §III-D), and peaks on one of the two shapes. (That each word lands on the shape it names,
+    on fresh scenes, is tests/test_captioner.py's.)"""
     truth = _truth("captioner")
     ex = onnxfix.Explainer(SAMPLES / "captioner.onnx")
     lstm = [n for n in ex.model.graph.nodes if n.op_type == "LSTM"]

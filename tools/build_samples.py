@@ -168,14 +168,15 @@ SPECS = [
          required_ops={"Conv", "HardSwish", "HardSigmoid", "Mul", "GlobalAveragePool", "Gemm"}),
     Spec("captioner",
          "Show-and-Tell-style: CNN (4x Conv/Relu/MaxPool) -> Gemm image embedding = LSTM input at step 0 "
-         "(half its units read the left half of the feature grid, half the right; embedding, LSTM and output "
-         "weights magnitude-pruned to 5%); "
+         "(half its units read the left half of the feature grid, half the right); "
          "step 1's input = word embedding (Gather) of step 0's ArgMax; one LSTM op per step, state carried "
-         "Y_h/Y_c -> initial_h/initial_c; Gemm per step -> logits [1, 2, 4]",
+         "Y_h/Y_c -> initial_h/initial_c; two-slot LSTM (fixed block masks: hidden units A = the object named "
+         "now read the left input half, B = the object queued the right half; A reads B of m_t-1 through R; "
+         "the words are read from A); Gemm per step -> logits [1, 2, 4]",
          "Captioner that names the two shapes in the scene from left to right: the CNN image embedding is "
          "the LSTM's input at step 0, the previous word's embedding after (CNN Fixations III-D).",
          "rgb", (48, 96), list(D.CAPTION_VOCAB),
-         lambda: N.Captioner(len(D.CAPTION_VOCAB), D.CAPTION_OBJECTS, density=0.05, prune=(400, 1200), split=True),
+         lambda: N.Captioner(len(D.CAPTION_VOCAB), D.CAPTION_OBJECTS, split=True, slots=True),
          data_captions, epochs=14, lr=3e-3, seed=505, dynamic=False, caption=True, min_acc=0.9,
          required_ops={"Conv", "MaxPool", "Gemm", "LSTM", "ArgMax", "Gather"}),
 ]

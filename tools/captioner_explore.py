@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Scratch (issue 16, §III-D): train captioner variants (sparsity / split embedding) and export them, to compare
-per-word grounding.  python tools/captioner_explore.py OUTDIR [variant ...]"""
+"""Scratch (issue 16, §III-D): train captioner variants (sparsity / split embedding / two-slot LSTM) and export
+them, to compare per-word grounding.  python tools/captioner_explore.py OUTDIR [variant ...]"""
 from __future__ import annotations
 
 import io
@@ -28,6 +28,10 @@ VARIANTS = {
     "p05s": dict(density=0.05, prune=(400, 1200), split=True),
     "p20s": dict(density=0.20, prune=(400, 1200), split=True),
     "p03s": dict(density=0.03, prune=(400, 1200), split=True),
+    # two-slot LSTM (fixed block masks on W, R and the output layer; see Captioner)
+    "ss": dict(split=True, slots=True),
+    "p05ss": dict(density=0.05, prune=(400, 1200), split=True, slots=True),
+    "p20ss": dict(density=0.20, prune=(400, 1200), split=True, slots=True),
 }
 
 

@@ -11,7 +11,8 @@ every word with ``fixations`` (``step=t``) and reports, over the scenes the mode
   the image side), and ``points_on_other`` inside the other object's;
 * ``peak_on_named``: share of words whose heatmap peak lies in the named object's box;
 * ``majority_on_named``: share of words with more points in the named object's box than in the other's;
-* ``differ``: share of scenes whose words' fixation point sets differ.
+* ``differ``: share of scenes whose words' fixation point sets differ;
+* ``empty`` (per word): share of words with no fixation point at all (they count as on neither object).
 
 * ``per_label``: the same per word type (the word the model said), and ``distinct_words``: words whose point set
   differs from the other word's in the same scene, over all words.
@@ -71,8 +72,10 @@ def measure(model: str, n: int, seed: int) -> dict:
         for t, e in enumerate(es):
             named, other = grow(boxes[t], m), grow(boxes[1 - t], m)
             y, x = np.unravel_index(int(np.argmax(e.heatmap)), e.heatmap.shape)
-            pn, po = inside(e.points, named).mean(), inside(e.points, other).mean()
-            per.append({"label": e.label, "on_named": float(pn), "on_other": float(po),
+            empty = len(e.points) == 0  # no fixation at all: counts as on neither object
+            pn = 0.0 if empty else inside(e.points, named).mean()
+            po = 0.0 if empty else inside(e.points, other).mean()
+            per.append({"label": e.label, "on_named": float(pn), "on_other": float(po), "empty": empty,
                         "peak": bool(inside([[x, y]], named)[0]),
                         "majority": bool(pn > po), "points": {tuple(p) for p in np.round(e.points, 3).tolist()}})
         rows.append({"words": per, "differ": per[0]["points"] != per[1]["points"]})
@@ -90,7 +93,7 @@ def measure(model: str, n: int, seed: int) -> dict:
                           | {"n": sum(w["label"] == lab for w in words)}
                           for lab in sorted({w["label"] for w in words})},
             "per_word": [{k: round(float(np.mean([r["words"][t][k] for r in ok])), 3)
-                          for k in ("on_named", "on_other", "peak", "majority")} for t in range(2)]}
+                          for k in ("on_named", "on_other", "peak", "majority", "empty")} for t in range(2)]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -173,13 +173,16 @@ class Captioner(nn.Module):
     no value of the image reaches step t through x_t: it arrives through m_{t−1} only, as in the paper.
     Training uses teacher forcing (``words``: the true previous words); export and inference feed back the
     greedy prediction. The initial states are an explicit zero buffer so the exporter needs no Shape-derived zeros.
+    ``split`` / ``slots``: fixed connectivity masks (left/right image halves; a two-slot LSTM, see ``__init__``) so
+    that the paper's LSTM backtrack of word t reaches the object word t names; ``density``/``prune``: magnitude
+    pruning inside those masks.
     """
 
     def __init__(self, vocab: int, steps: int = 2, emb: int = 64, hidden: int = 64, density: float = 1.0,
-                 prune: tuple[int, int] = (0, 0), split: bool = False):
+                 prune: tuple[int, int] = (0, 0), split: bool = False, slots: bool = False):
         super().__init__()
         self.steps, self.hidden, self.vocab = steps, hidden, vocab
-        self.density, self.prune, self.split, self._step = density, prune, split, 0
+        self.density, self.prune, self.split, self.slots, self._step = density, prune, split, slots, 0
         self.features = nn.Sequential(
             nn.Conv2d(3, 12, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 48x96 -> 24x48
             nn.Conv2d(12, 24, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # -> 12x24
@@ -193,15 +196,27 @@ class Captioner(nn.Module):
         # persistent: exported as an initializer; a non-persistent zero constant gets Shape+Expand
         self.register_buffer("h0", torch.zeros(1, 1, hidden))
         self._masks: dict[str, torch.Tensor] = {}
+        self._fixed: dict[str, torch.Tensor] = {}  # connectivity masks, fixed for the whole training
         if split:  # embedding units [0, emb/2) read the left half of the 3x6 feature grid, the others the right
             col = torch.arange(32 * 3 * 6) % 6
-            self._split_mask = ((col[None, :] < 3) == (torch.arange(emb)[:, None] < emb // 2)).float()
-            self._masks["embed.weight"] = self._split_mask
+            self._fixed["embed.weight"] = ((col[None, :] < 3) == (torch.arange(emb)[:, None] < emb // 2)).float()
+        if slots:
+            # two slots of hidden units: A = [0, H/2) holds the object named now, B = [H/2, H) the object queued.
+            # Gate rows (torch order i, f, g, o; H rows each) of slot A read input units [0, emb/2) (with split:
+            # the left half of the image at step 0), those of slot B input units [emb/2, emb) (the right half);
+            # through R, slot A reads only slot B of m_{t-1} (the queued object moves up) and slot B reads
+            # nothing; the words are read from slot A only. Word t's trace: m_t A -> m_{t-1} B -> ... -> I.
+            a_row = (torch.arange(4 * hidden) % hidden < hidden // 2)[:, None]
+            a_in = (torch.arange(emb) < emb // 2)[None, :]
+            a_hid = (torch.arange(hidden) < hidden // 2)[None, :]
+            self._fixed["lstm.weight_ih_l0"] = (a_row == a_in).float()
+            self._fixed["lstm.weight_hh_l0"] = (a_row & ~a_hid).float()
+            self._fixed["out.weight"] = a_hid.expand(vocab, hidden).float()
+        self._masks.update(self._fixed)
 
     def _allowed(self, name: str, w: torch.Tensor) -> torch.Tensor:
-        if self.split and name == "embed.weight":
-            return self._split_mask.to(w.device)
-        return torch.ones_like(w)
+        m = self._fixed.get(name)
+        return torch.ones_like(w) if m is None else m.to(w.device)
 
     def _sparse(self) -> dict[str, nn.Parameter]:
         return {"embed.weight": self.embed.weight, "lstm.weight_ih_l0": self.lstm.weight_ih_l0,
