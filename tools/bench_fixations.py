@@ -5,8 +5,8 @@
 
 Needs only numpy, numba, onnx, onnxruntime, networkx and pillow (no torch); a model that is missing is reported and
 skipped. The input is scikit-image's ``chelsea`` photograph when scikit-image is installed (the dev extras), else
-uniform noise (the row's ``input`` says which). Every ratio is a median over ``--runs`` rounds in which the two sides run back to back (a, b, a, b, …), so
-that load on a shared machine hits both alike. Per model:
+uniform noise (the row's ``input`` says which). Every ratio is a median over ``--runs`` rounds in which the two
+sides run back to back (a, b, a, b, …), so that load on a shared machine hits both alike. Per model:
 
 * ``explain_ratio``: ``Explainer.explain(x, method="fixations")`` (forward exposing the traced tensors → backtrack
   → points; the heatmap and box are lazy and not drawn) / a bare ``InferenceSession.run`` with the same threads;
