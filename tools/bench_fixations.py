@@ -114,8 +114,9 @@ def bench_model(name: str, path: Path, runs: int, threads: int, batch: int) -> d
     sess = m.runtime.session()
     im = photo()
     pic = ex.prepare(im)[0] if im is not None else None
-    use_photo = pic is not None and tuple(pic.shape) == tuple(_input(sess).shape)
-    x = pic if use_photo else _input(sess)
+    noise = _input(sess)
+    use_photo = pic is not None and pic.shape == noise.shape
+    x = pic if use_photo else noise
     feeds = {m.input: x}
     need = needed_tensors(m.graph, m.input, m.head.logits)
     exposed = m.runtime.session(need)

@@ -182,7 +182,7 @@ class Captioner(nn.Module):
                  prune: tuple[int, int] = (0, 0), split: bool = False, slots: bool = False):
         super().__init__()
         self.steps, self.hidden, self.vocab = steps, hidden, vocab
-        self.density, self.prune, self.split, self.slots, self._step = density, prune, split, slots, 0
+        self.density, self.prune, self._step = density, prune, 0
         self.features = nn.Sequential(
             nn.Conv2d(3, 12, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 48x96 -> 24x48
             nn.Conv2d(12, 24, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # -> 12x24
