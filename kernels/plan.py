@@ -51,18 +51,38 @@ def _f32_ptr(typingctx, addr):  # pragma: no cover - compile-time
 
 
 @numba.njit(cache=True)
-def _load(vptr, slot, flat):  # pragma: no cover - jitted
-    return _f32_ptr(vptr[slot])[flat]
+def _at(vlay, slot, n, c, y, x, bh, bw):  # pragma: no cover - jitted
+    # offset of element (n, c, y, x) of slot's (·, C, bh, bw) tensor in its stored layout: NCHW (shift 0, mask 0,
+    # stored channels C) or ONNX Runtime's NCHWc (n, c // b, y, x, c % b) with b = 1 << shift, padded channels Cp
+    q = 6 * slot
+    s = vlay[q]
+    return (n * vlay[q + 2] + ((c >> s) << s)) * bh * bw + ((y * bw + x) << s) + (c & vlay[q + 1])
 
 
 @numba.njit(cache=True)
-def _vread(vptr, slot, n, c, nc, y, x, bh, bw, vpt, vpl, padval):  # pragma: no cover - jitted
-    # element (n, c, y, x) of a (possibly virtually zero-padded) NCHW tensor whose stored part is (·, nc, bh, bw)
+def _load(vptr, vlay, slot, flat):  # pragma: no cover - jitted
+    # element ``flat`` (row-major over the logical shape) of a slot's tensor
+    q = 6 * slot
+    if vlay[q] == 0:
+        return _f32_ptr(vptr[slot])[flat]
+    w = vlay[q + 5]
+    h = vlay[q + 4]
+    c_n = vlay[q + 3]
+    x = flat % w
+    f = flat // w
+    y = f % h
+    f //= h
+    return _f32_ptr(vptr[slot])[_at(vlay, slot, f // c_n, f % c_n, y, x, h, w)]
+
+
+@numba.njit(cache=True)
+def _vread(vptr, vlay, slot, n, c, y, x, bh, bw, vpt, vpl, padval):  # pragma: no cover - jitted
+    # element (n, c, y, x) of a (possibly virtually zero-padded) 4-D tensor whose stored part is (·, ·, bh, bw)
     by = y - vpt
     bx = x - vpl
     if by < 0 or by >= bh or bx < 0 or bx >= bw:
         return padval
-    return np.float64(_f32_ptr(vptr[slot])[((n * nc + c) * bh + by) * bw + bx])
+    return np.float64(_f32_ptr(vptr[slot])[_at(vlay, slot, n, c, by, bx, bh, bw)])
 
 
 @numba.njit(cache=True)
@@ -110,7 +130,7 @@ def _map(locs, ip, p):  # pragma: no cover - jitted
 
 
 @numba.njit(cache=True)
-def _add(locs, ip, fp, p, vptr):  # pragma: no cover - jitted
+def _add(locs, ip, fp, p, vptr, vlay):  # pragma: no cover - jitted
     # returns (tensor id per data input, flat index per input and location, winning input per location)
     n_in = ip[p]
     r_out = ip[p + 1]
@@ -141,7 +161,7 @@ def _add(locs, ip, fp, p, vptr):  # pragma: no cover - jitted
                 flat = flat * d + c
             flats[j, i] = flat
             if n_in > 1:
-                v = fp[ip[h + 3]] * np.float64(_load(vptr, ip[h + 1], flat))
+                v = fp[ip[h + 3]] * np.float64(_load(vptr, vlay, ip[h + 1], flat))
                 if _better(v, best, j > 0):
                     best = v
                     win[i] = j
@@ -149,7 +169,7 @@ def _add(locs, ip, fp, p, vptr):  # pragma: no cover - jitted
 
 
 @numba.njit(cache=True)
-def _conv(locs, ip, fp, p, vptr, w):  # pragma: no cover - jitted
+def _conv(locs, ip, fp, p, vptr, vlay, w):  # pragma: no cover - jitted
     nc, hv, wv = ip[p + 1], ip[p + 2], ip[p + 3]
     c_out, oh, ow = ip[p + 4], ip[p + 5], ip[p + 6]
     cin_g, kh, kw = ip[p + 7], ip[p + 8], ip[p + 9]
@@ -158,6 +178,9 @@ def _conv(locs, ip, fp, p, vptr, w):  # pragma: no cover - jitted
     slot, bh, bw, vpt, vpl = ip[p + 18], ip[p + 19], ip[p + 20], ip[p + 21], ip[p + 22]
     padval = fp[ip[p + 23]]
     cout_g = c_out // group
+    q = 6 * slot
+    sft, msk, nst = vlay[q], vlay[q + 1], vlay[q + 2]  # stored layout (see _at)
+    hw = bh * bw
     out = np.empty(len(locs), np.int64)
     prod = np.empty(cin_g if kh == 1 and kw == 1 else 0, np.float64)
     acc = np.empty(cin_g, np.float64)
@@ -183,10 +206,25 @@ def _conv(locs, ip, fp, p, vptr, w):  # pragma: no cover - jitted
             sx = bx - vpl
             if sy >= 0 and sy < bh and sx >= 0 and sx < bw:
                 xp = _f32_ptr(vptr[slot])
-                base = ((n * nc + c0) * bh + sy) * bw + sx
-                stride = bh * bw
-                for cl in range(cin_g):
-                    prod[cl] = np.float64(xp[base + cl * stride]) * np.float64(w[wbase + cl])
+                if sft == 0:
+                    base = ((n * nst + c0) * bh + sy) * bw + sx
+                    for cl in range(cin_g):
+                        prod[cl] = np.float64(xp[base + cl * hw]) * np.float64(w[wbase + cl])
+                elif (c0 & msk) == 0:  # blocked, from a block's start: runs of b contiguous channels
+                    at = n * nst * hw + (c0 >> sft) * (hw << sft) + ((sy * bw + sx) << sft)
+                    cl = 0
+                    while cl < cin_g:
+                        e = min(cin_g - cl, msk + 1)
+                        for j in range(e):
+                            prod[cl + j] = np.float64(xp[at + j]) * np.float64(w[wbase + cl + j])
+                        cl += e
+                        at += hw << sft
+                else:
+                    pos = n * nst * hw + ((sy * bw + sx) << sft)
+                    for cl in range(cin_g):
+                        c = c0 + cl
+                        prod[cl] = np.float64(xp[pos + ((c >> sft) << sft) * hw + (c & msk)]) * \
+                            np.float64(w[wbase + cl])
             else:
                 for cl in range(cin_g):
                     prod[cl] = padval * np.float64(w[wbase + cl])
@@ -202,7 +240,6 @@ def _conv(locs, ip, fp, p, vptr, w):  # pragma: no cover - jitted
         # pass 1: per channel, the window sum of float64 contributions in row-major (ky, kx) order — accumulated
         # for all channels at once, window position after window position (each channel's sum in the same order)
         xp = _f32_ptr(vptr[slot])
-        stride = bh * bw
         ksz = kh * kw
         for cl in range(cin_g):
             acc[cl] = 0.0
@@ -212,9 +249,16 @@ def _conv(locs, ip, fp, p, vptr, w):  # pragma: no cover - jitted
                 sx = bx + kx * dw - vpl
                 wk = wbase + ky * kw + kx
                 if sy >= 0 and sy < bh and sx >= 0 and sx < bw:
-                    base = ((n * nc + c0) * bh + sy) * bw + sx
-                    for cl in range(cin_g):
-                        acc[cl] += np.float64(xp[base + cl * stride]) * np.float64(w[wk + cl * ksz])
+                    if sft == 0:
+                        base = ((n * nst + c0) * bh + sy) * bw + sx
+                        for cl in range(cin_g):
+                            acc[cl] += np.float64(xp[base + cl * hw]) * np.float64(w[wk + cl * ksz])
+                    else:
+                        pos = n * nst * hw + ((sy * bw + sx) << sft)
+                        for cl in range(cin_g):
+                            c = c0 + cl
+                            acc[cl] += np.float64(xp[pos + ((c >> sft) << sft) * hw + (c & msk)]) * \
+                                np.float64(w[wk + cl * ksz])
                 else:
                     for cl in range(cin_g):
                         acc[cl] += padval * np.float64(w[wk + cl * ksz])
@@ -234,7 +278,7 @@ def _conv(locs, ip, fp, p, vptr, w):  # pragma: no cover - jitted
             iy = by + ky * dh
             for kx in range(kx0, kx1):
                 ix = bx + kx * dw
-                xv = _vread(vptr, slot, n, c0 + best_c, nc, iy, ix, bh, bw, vpt, vpl, padval)
+                xv = _vread(vptr, vlay, slot, n, c0 + best_c, iy, ix, bh, bw, vpt, vpl, padval)
                 v = xv * np.float64(w[wc + ky * kw + kx])
                 if _better(v, best_v, found):
                     best_v = v
@@ -247,7 +291,7 @@ def _conv(locs, ip, fp, p, vptr, w):  # pragma: no cover - jitted
 
 
 @numba.njit(cache=True)
-def _pool(locs, ip, fp, p, vptr):  # pragma: no cover - jitted
+def _pool(locs, ip, fp, p, vptr, vlay):  # pragma: no cover - jitted
     nc, hv, wv, oh, ow = ip[p + 1], ip[p + 2], ip[p + 3], ip[p + 4], ip[p + 5]
     kh, kw, sh, sw, pt, pl, dh, dw = ip[p + 6], ip[p + 7], ip[p + 8], ip[p + 9], ip[p + 10], ip[p + 11], \
         ip[p + 12], ip[p + 13]
@@ -275,7 +319,7 @@ def _pool(locs, ip, fp, p, vptr):  # pragma: no cover - jitted
             iy = by + ky * dh
             for kx in range(kx0, kx1):
                 ix = bx + kx * dw
-                v = np.float64(_vread(vptr, slot, nci // nc, nci % nc, nc, iy, ix, bh, bw, vpt, vpl, padval))
+                v = np.float64(_vread(vptr, vlay, slot, nci // nc, nci % nc, iy, ix, bh, bw, vpt, vpl, padval))
                 if _better(v, best_v, found):
                     best_v = v
                     best_y = iy
@@ -287,15 +331,33 @@ def _pool(locs, ip, fp, p, vptr):  # pragma: no cover - jitted
 
 
 @numba.njit(cache=True)
-def _gpool(locs, ip, p, vptr):  # pragma: no cover - jitted
+def _gpool(locs, ip, p, vptr, vlay):  # pragma: no cover - jitted
     r, slot = ip[p], ip[p + 1]
     out = np.empty(len(locs), np.int64)
+    q = 6 * slot
+    sft = vlay[q]
+    if sft > 0 and r == vlay[q + 4] * vlay[q + 5]:  # blocked, global pooling: (n, c) → its H·W values, b apart
+        xp = _f32_ptr(vptr[slot])
+        c_n = vlay[q + 3]
+        for i in range(len(locs)):
+            n = locs[i] // c_n
+            c = locs[i] % c_n
+            at = (n * vlay[q + 2] + ((c >> sft) << sft)) * r + (c & vlay[q + 1])
+            best = 0.0
+            arg = 0
+            for j in range(r):
+                v = np.float64(xp[at + (j << sft)])
+                if _better(v, best, j > 0):
+                    best = v
+                    arg = j
+            out[i] = locs[i] * r + arg
+        return out
     for i in range(len(locs)):
         base = locs[i] * r
         best = 0.0
         arg = 0
         for j in range(r):
-            v = np.float64(_load(vptr, slot, base + j))
+            v = np.float64(_load(vptr, vlay, slot, base + j))
             if _better(v, best, j > 0):
                 best = v
                 arg = j
@@ -304,7 +366,7 @@ def _gpool(locs, ip, p, vptr):  # pragma: no cover - jitted
 
 
 @numba.njit(cache=True)
-def _fc(locs, ip, p, vptr, w):  # pragma: no cover - jitted
+def _fc(locs, ip, p, vptr, vlay, w):  # pragma: no cover - jitted
     k_dim, n_dim, mode, slot, w_off = ip[p + 1], ip[p + 2], ip[p + 3], ip[p + 4], ip[p + 5]
     if mode == 1:
         out = np.empty(len(locs), np.int64)
@@ -314,7 +376,7 @@ def _fc(locs, ip, p, vptr, w):  # pragma: no cover - jitted
             best = 0.0
             arg = 0
             for k in range(k_dim):
-                v = np.float64(_load(vptr, slot, mm * k_dim + k)) * np.float64(w[w_off + k * n_dim + nn])
+                v = np.float64(_load(vptr, vlay, slot, mm * k_dim + k)) * np.float64(w[w_off + k * n_dim + nn])
                 if _better(v, best, k > 0):
                     best = v
                     arg = k
@@ -326,7 +388,7 @@ def _fc(locs, ip, p, vptr, w):  # pragma: no cover - jitted
         mm = locs[i] // n_dim
         nn = locs[i] % n_dim
         for k in range(k_dim):
-            if np.float64(_load(vptr, slot, mm * k_dim + k)) * np.float64(w[w_off + k * n_dim + nn]) > 0.0:
+            if np.float64(_load(vptr, vlay, slot, mm * k_dim + k)) * np.float64(w[w_off + k * n_dim + nn]) > 0.0:
                 if cnt == len(buf):
                     nb = np.empty(2 * len(buf), np.int64)
                     nb[:cnt] = buf
@@ -372,8 +434,13 @@ def _grow(a, need):  # pragma: no cover - jitted
 
 
 @numba.njit(cache=True)
-def run_plan(steps, ip, fp, w, vptr, n_tensors, start_t, start_flat):  # pragma: no cover - jitted
-    """Run a plan; returns (flat locations of every tensor concatenated, offsets per tensor, sent flags)."""
+def run_plan(steps, ip, fp, w, vptr, vlay, n_tensors, start_t, start_flat):  # pragma: no cover - jitted
+    """Run a plan; returns (flat locations of every tensor concatenated, offsets per tensor, sent flags).
+
+    ``vptr``: the address of each slot's float32 values; ``vlay``: six integers per slot describing how they are
+    stored — shift, mask, stored channels, logical channels, height, width: ``(0, 0, C, ·, ·, ·)`` for NCHW (and
+    any tensor of another rank), ``(log2 b, b − 1, Cp, C, H, W)`` for ONNX Runtime's blocked NCHWc
+    (:class:`onnxfix.nchwc.Blocked`)."""
     n_steps = steps.shape[0]
     store = np.empty(4096, np.int64)  # contributions, chunk after chunk
     s_len = 0
@@ -431,7 +498,7 @@ def run_plan(steps, ip, fp, w, vptr, n_tensors, start_t, start_flat):  # pragma:
             continue
         locs = fstore[fin_s[o]:fin_s[o] + fin_n[o]].copy()
         if op == ADD:
-            targets, flats, win = _add(locs, ip, fp, p, vptr)
+            targets, flats, win = _add(locs, ip, fp, p, vptr, vlay)
             for j in range(len(targets)):
                 t = targets[j]
                 if t < 0:
@@ -456,13 +523,13 @@ def run_plan(steps, ip, fp, w, vptr, n_tensors, start_t, start_flat):  # pragma:
         elif op == MAP:
             res = _map(locs, ip, p)
         elif op == CONV:
-            res = _conv(locs, ip, fp, p, vptr, w)
+            res = _conv(locs, ip, fp, p, vptr, vlay, w)
         elif op == POOL:
-            res = _pool(locs, ip, fp, p, vptr)
+            res = _pool(locs, ip, fp, p, vptr, vlay)
         elif op == GPOOL:
-            res = _gpool(locs, ip, p, vptr)
+            res = _gpool(locs, ip, p, vptr, vlay)
         else:
-            res = _fc(locs, ip, p, vptr, w)
+            res = _fc(locs, ip, p, vptr, vlay, w)
         if flag == 1 and len(res) == 0:  # Concat: an input that receives nothing gets no entry
             continue
         sent[t_in] = True
@@ -484,7 +551,7 @@ def compile_now() -> None:
     """Compile (or load from numba's cache) :func:`run_plan` with a one-step plan."""
     steps = np.array([[FLAT, 0, 1, 0, 0]], np.int64)
     run_plan(steps, np.zeros(1, np.int64), np.zeros(1, np.float64), np.zeros(1, np.float32),
-             np.zeros(1, np.int64), 2, 0, np.zeros(1, np.int64))
+             np.zeros(1, np.int64), np.zeros(6, np.int64), 2, 0, np.zeros(1, np.int64))
 
 
 # -- the same pass in numpy: what a process runs while numba's cache is still cold (kernels/warm.py) -----------------

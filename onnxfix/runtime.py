@@ -20,6 +20,7 @@ from onnx import helper
 
 from onnxfix.errors import InputError
 from onnxfix.graph import Graph
+from onnxfix.nchwc import Blocked, native_session
 from onnxfix.sessions import choose_providers, make_session, session_options  # noqa: F401 - re-exported
 
 #: Memory-aware exposure: a forward pass may expose intermediate tensors worth at most this fraction of the memory
@@ -66,6 +67,7 @@ class Runtime:
             print(f"onnxfix: {self.fallback_message}", file=sys.stderr)
         self.threads = threads
         self._sessions: dict[frozenset[str], ort.InferenceSession] = {}
+        self._native: dict[tuple[frozenset[str], frozenset[str]], tuple | None] = {}
         self._lock = threading.Lock()
         self._model_bytes: bytes | None = None
         #: bytes the exposed tensors of one forward may take; ``None``: MEMORY_FRACTION of the available memory
@@ -103,18 +105,44 @@ class Runtime:
                 self._sessions[key] = sess
         return sess
 
+    def native_session(self, extra: Iterable[str], native: Iterable[str]) -> tuple | None:
+        """The cached session exposing ``extra`` whose ``native`` tensors stay in ONNX Runtime's blocked layout
+        (:func:`onnxfix.nchwc.native_session`: ``(session, channels, block)``), or ``None`` (then :meth:`session`)."""
+        key = frozenset(x for x in extra if x not in self.graph.constants)
+        model_outputs = {o.name for o in self.graph.model.graph.output}
+        nat = frozenset(x for x in native if x in key and x not in model_outputs)
+        if not nat or "CUDAExecutionProvider" in self.providers:
+            return None
+        with self._lock:
+            if (key, nat) not in self._native:
+                self._native[(key, nat)] = native_session(self._model_with_outputs(sorted(key)), nat, self.threads)
+            return self._native[(key, nat)]
+
     # -- forward ------------------------------------------------------------------------------------------------
-    def run(self, feeds: dict[str, np.ndarray], tensors: Sequence[str] = ()) -> dict[str, np.ndarray]:
-        """Run the model; return the graph outputs and the requested ``tensors`` (constants included) by name."""
+    def run(self, feeds: dict[str, np.ndarray], tensors: Sequence[str] = (), native: Iterable[str] = ()
+            ) -> dict[str, np.ndarray]:
+        """Run the model; return the graph outputs and the requested ``tensors`` (constants included) by name.
+
+        ``native``: requested tensors the caller reads in ONNX Runtime's blocked layout; those it computes so come
+        back as :class:`onnxfix.nchwc.Blocked` (the same values, not copied back to NCHW)."""
         wanted = list(dict.fromkeys(tensors))
         self.check_memory(wanted, feeds)
-        sess = self.session(wanted)
+        nat = self.native_session(wanted, native) if native else None
+        sess = nat[0] if nat is not None else self.session(wanted)
         names = [o.name for o in sess.get_outputs()]
         try:
             values = sess.run(names, feeds)
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"ONNX Runtime failed on this input: {_first_line(exc)}") from None
         out = dict(zip(names, values, strict=True))
+        if nat is not None:
+            try:
+                for name, channels in nat[1].items():
+                    out[name] = Blocked(out[name], nat[2], channels)  # type: ignore[assignment]
+            except ValueError:  # not the layout the probe found: NCHW from now on for this request
+                with self._lock:
+                    self._native = {k: (None if v is nat else v) for k, v in self._native.items()}
+                return self.run(feeds, tensors)
         for t in wanted:
             if t in self.graph.constants:
                 out[t] = self.graph.constants[t]

@@ -447,7 +447,7 @@ def test_two_warmers_fill_one_cold_cache(tmp_path) -> None:
     probe = ("from onnxfix.kernels import warm, density; from onnxfix.kernels.plan import run_plan, compile_now\n"
              "import numpy as np\n"
              "args = (np.array([[0, 0, 1, 0, 0]], np.int64), np.zeros(1, np.int64), np.zeros(1, np.float64),"
-             " np.zeros(1, np.float32), np.zeros(1, np.int64), 2, 0, np.zeros(1, np.int64))\n"
+             " np.zeros(1, np.float32), np.zeros(1, np.int64), np.zeros(6, np.int64), 2, 0, np.zeros(1, np.int64))\n"
              "assert warm._on_disk(run_plan, args)\n"
              "compile_now(); warm_pts = np.zeros((2, 2)); density.splat(warm_pts, 3, 3)\n"
              "assert not run_plan.stats.cache_misses, run_plan.stats\n")

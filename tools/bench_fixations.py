@@ -11,11 +11,13 @@ sides run back to back (a, b, a, b, …), so that load on a shared machine hits 
 * ``explain_ratio``: ``Explainer.explain(x, method="fixations")`` (forward exposing the traced tensors → backtrack
   → points; the heatmap and box are lazy and not drawn) / a bare ``InferenceSession.run`` with the same threads;
 * components, each against the bare forward of the same round: ``fwd_exposed`` (the session exposing
-  :func:`onnxfix.fixations.needed_tensors`), ``trace`` (:func:`onnxfix.fixations.trace`: plan lookup, pointers,
-  the compiled pass, the result), ``run_plan`` (the jitted pass alone), ``numba_dispatch`` (a jitted no-op with the
-  same eight arguments: numba's per-call typing and unboxing), ``python_overhead`` (explain minus exposed forward
-  minus trace minus points: targets, softmax, checks, the Explanation), ``numpy_twin`` (the trace on the numpy
-  twin, what a cold numba cache runs);
+  :func:`onnxfix.fixations.needed_tensors`, every tensor copied back to NCHW), ``fwd_native`` (the same tensors in
+  ONNX Runtime's blocked layout, :mod:`onnxfix.nchwc`: what ``explain`` runs; ``native`` counts them), ``trace``
+  (:func:`onnxfix.fixations.trace`: plan lookup, pointers, the compiled pass, the result, on the native values),
+  ``run_plan`` (the jitted pass alone), ``numba_dispatch`` (a jitted no-op with the same nine arguments: numba's
+  per-call typing and unboxing), ``python_overhead`` (explain minus the native forward minus trace minus points:
+  targets, softmax, checks, the Explanation), ``numpy_twin`` (the trace on the numpy twin, what a cold numba cache
+  runs);
 * ``b8_ratio``: ``Explainer.explain([x] * 8, batch_size=8)`` / a bare batch-8 forward (the model's batch-dynamic
   copy when its batch is fixed).
 
@@ -107,6 +109,7 @@ def bench_model(name: str, path: Path, runs: int, threads: int, batch: int) -> d
     from onnxfix.fixations import PLANS, needed_tensors, trace
     from onnxfix.fixations.tracer import _pointers
     from onnxfix.methods.base import input_points
+    from onnxfix.nchwc import Blocked
 
     warm.MODE = "numba"
     ex = onnxfix.Explainer(str(path), threads=threads)
@@ -121,12 +124,15 @@ def bench_model(name: str, path: Path, runs: int, threads: int, batch: int) -> d
     need = needed_tensors(m.graph, m.input, m.head.logits)
     exposed = m.runtime.session(need)
     names = [o.name for o in exposed.get_outputs()]
-    vals = dict(zip(names, exposed.run(names, feeds), strict=True))
+    vals = m.runtime.run(feeds, need, native=need)
+    nat = m.runtime.native_session(need, need)
+    native_fwd = (lambda: nat[0].run(None, feeds)) if nat is not None else (lambda: exposed.run(names, feeds))
     vals[m.input] = x
     logits = vals[m.head.logits]
     start = np.array([np.unravel_index(int(np.argmax(logits)), logits.shape)], np.int64)
     plan = PLANS.get(m.graph, vals, m.input, m.head.logits)
     row: dict = {"model": name, "input": "chelsea" if use_photo else "noise", "exposed": len(need),
+                 "native": sum(isinstance(v, Blocked) for v in vals.values()),
                  "tensors": len({t for n in m.graph.nodes for t in n.outputs}), "compiled": plan.compiled}
 
     bare = lambda: sess.run(None, feeds)  # noqa: E731
@@ -137,16 +143,17 @@ def bench_model(name: str, path: Path, runs: int, threads: int, batch: int) -> d
     def do_trace():
         return trace(m.graph, vals, m.input, m.head.logits, start)
 
-    fns = [bare, lambda: exposed.run(names, feeds), do_trace,
-           lambda: input_points(m, do_trace().at(m.input)), lambda: ex.explain(x, method="fixations")]
+    fns = [bare, native_fwd, do_trace,
+           lambda: input_points(m, do_trace().at(m.input)), lambda: ex.explain(x, method="fixations"),
+           lambda: exposed.run(names, feeds)]
     if plan.compiled:
-        ptr, keep = _pointers(plan, vals)
+        ptr, lay, keep = _pointers(plan, vals)
         sf = np.ravel_multi_index(tuple(start.T), logits.shape).astype(np.int64)
-        args = (plan.steps, plan.ip, plan.fp, plan.weights, ptr, len(plan.tensors), plan.start_t, sf)
+        args = (plan.steps, plan.ip, plan.fp, plan.weights, ptr, lay, len(plan.tensors), plan.start_t, sf)
 
         @numba.njit
-        def noop(a, b, c, d, e, f, g, h):  # pragma: no cover - jitted
-            return f
+        def noop(a, b, c, d, e, f, g, h, i):  # pragma: no cover - jitted
+            return g
 
         noop(*args)
         fns += [lambda: run_plan(*args), lambda: noop(*args)]
@@ -161,11 +168,12 @@ def bench_model(name: str, path: Path, runs: int, threads: int, batch: int) -> d
         fns.append(twin)
     t = paired(fns, runs)
     base = t[0]
-    row.update(fwd_exposed_ratio=round(t[1] / base, 3), trace_ms=round(t[2], 3), trace_ratio=round(t[2] / base, 3),
+    row.update(fwd_native_ratio=round(t[1] / base, 3), fwd_exposed_ratio=round(t[5] / base, 3),
+               trace_ms=round(t[2], 3), trace_ratio=round(t[2] / base, 3),
                points_ms=round(t[3] - t[2], 3),
                python_overhead_ms=round(t[4] - t[1] - t[3], 3))
     if plan.compiled:
-        row.update(run_plan_ms=round(t[5], 3), numba_dispatch_ms=round(t[6], 4), numpy_twin_ms=round(t[7], 3))
+        row.update(run_plan_ms=round(t[6], 3), numba_dispatch_ms=round(t[7], 4), numpy_twin_ms=round(t[8], 3))
     bm = m.batch_model()
     if bm is not None and batch > 1:
         bsess = bm.runtime.session()

@@ -27,6 +27,7 @@ from onnxfix.fixations.registry import Context, SelectionPolicy, rule_for
 from onnxfix.graph import Graph, Node
 from onnxfix.kernels import warm
 from onnxfix.kernels.plan import run_plan, run_plan_numpy
+from onnxfix.nchwc import Blocked, plain
 
 __all__ = ["Trace", "missing_rules", "needed_tensors", "path_nodes", "trace"]
 
@@ -114,7 +115,8 @@ def trace(graph: Graph, values: dict[str, np.ndarray], source: str, start: str, 
     """Backtrack ``start_locs`` (rows of indices into tensor ``start``, batch index first) to tensor ``source``.
 
     ``policy`` may replace the neuron choice of some rules (default: every rule decides, CNN Fixations).
-    ``values`` must hold the tensors :func:`needed_tensors` names (more do no harm) and ``source``. Start rows of
+    ``values`` must hold the tensors :func:`needed_tensors` names (more do no harm) and ``source``; 4-D ones may
+    be :class:`onnxfix.nchwc.Blocked` (ONNX Runtime's own layout, read in place by the compiled pass). Start rows of
     several batch images are traced in one walk; image ``n``'s locations are the rows whose first index is ``n``,
     the same as tracing it alone. ``plans``: the plan cache (default the process-wide one).
 
@@ -134,35 +136,47 @@ def trace(graph: Graph, values: dict[str, np.ndarray], source: str, start: str, 
         ptrs = _pointers(plan, values)
         if ptrs is not None:
             return _run_compiled(plan, ptrs, values, source, start, shape0, locs)
+    if any(isinstance(v, Blocked) for v in values.values()):
+        values = {k: plain(v) for k, v in values.items()}
     return _walk(graph, plan, values, source, start, shape0, locs, policy)
 
 
-def _pointers(plan: Plan, values: dict[str, np.ndarray]) -> tuple[np.ndarray, list] | None:
-    keep = []
-    ptr = np.empty(max(len(plan.slots), 1), np.int64)
+def _pointers(plan: Plan, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, list] | None:
+    """(address per slot, six layout integers per slot — see :func:`onnxfix.kernels.plan.run_plan` —, the arrays
+    to keep alive), or ``None`` when a value does not have the plan's shape or dtype."""
+    keep: list = []
+    n_slots = max(len(plan.slots), 1)
+    ptr = np.empty(n_slots, np.int64)
+    lay = np.zeros(6 * n_slots, np.int64)
     for i, (name, shape) in enumerate(zip(plan.slots, plan.slot_shapes, strict=True)):
         v = values[name]
         if v.shape != shape or v.dtype != np.float32:
             return None
+        if isinstance(v, Blocked):
+            keep.append(v)
+            ptr[i] = v.raw.__array_interface__["data"][0]
+            lay[6 * i:6 * i + 6] = (v.block.bit_length() - 1, v.block - 1, v.raw.shape[1], *v.shape[1:])
+            continue
         if not v.flags.c_contiguous:
             v = np.ascontiguousarray(v)
         keep.append(v)
         ptr[i] = v.__array_interface__["data"][0]
-    return ptr, keep
+        lay[6 * i + 2] = shape[1] if len(shape) > 1 else 1
+    return ptr, lay, keep
 
 
-def _run_compiled(plan: Plan, ptrs: tuple[np.ndarray, list], values: dict[str, np.ndarray], source: str,
+def _run_compiled(plan: Plan, ptrs: tuple[np.ndarray, np.ndarray, list], values: dict[str, np.ndarray], source: str,
                   start: str, shape0: tuple[int, ...], locs: np.ndarray) -> Trace:
     if len(shape0) == 0 or locs.size == 0:
         start_flat = np.zeros(0, np.int64)
     else:
         start_flat = np.ravel_multi_index(tuple(locs.T), shape0).astype(np.int64)
-    ptr, keep = ptrs
-    args = (plan.steps, plan.ip, plan.fp, plan.weights, ptr, len(plan.tensors), plan.start_t, start_flat)
+    ptr, lay, keep = ptrs
+    args = (plan.steps, plan.ip, plan.fp, plan.weights, ptr, lay, len(plan.tensors), plan.start_t, start_flat)
     if warm.ready(run_plan, *args):
         flat, offsets, sent = run_plan(*args)
     else:  # numba's cache is cold: the numpy twin (same sets) while a background process compiles
-        flat, offsets, sent = run_plan_numpy(*args[:4], [v.reshape(-1) for v in keep], *args[5:])
+        flat, offsets, sent = run_plan_numpy(*args[:4], [plain(v).reshape(-1) for v in keep], *args[6:])
     del keep
     result = Trace(start, source)
     loc = result.locations

@@ -283,6 +283,16 @@ class Method:
         """Tensors the forward pass must expose (besides the outputs), given its options."""
         return [model.head.logits]
 
+    def native_tensors(self, model: Model, **options: Any) -> list[str]:
+        """Of :meth:`forward_tensors`, those the method reads in ONNX Runtime's blocked layout
+        (:class:`onnxfix.nchwc.Blocked`; default none: every value is an NCHW ndarray)."""
+        return []
+
+    def forward(self, model: Model, x: np.ndarray, **options: Any) -> dict[str, np.ndarray]:
+        """The forward pass :meth:`attribute` runs: the outputs and :meth:`forward_tensors`."""
+        return model.runtime.run({model.input: x}, self.forward_tensors(model, **options),
+                                 native=self.native_tensors(model, **options))
+
     # -- the batch entry point --------------------------------------------------------------------------------
     def attribute(self, model: Model, x: np.ndarray, targets: list[Target], opts: Any = None) -> Attribution:
         """Attributions for a batch ``x`` (N, ...) with one target per image (``None`` entries: the default target).
@@ -306,7 +316,7 @@ class Method:
         if one is not None:
             return one
         kw = self.options_dict(opts)
-        values = model.runtime.run({model.input: x}, self.forward_tensors(model, **kw))
+        values = self.forward(model, x, **kw)
         logits = values[model.head.logits]
         check_scores(logits)
         resolved = [model.resolve_target(logits, t, None, n) for n, t in enumerate(targets)]
@@ -338,7 +348,7 @@ class Method:
                 xi, vals, t = x, values, targets[0]
             else:
                 xi = x[n:n + 1]
-                vals = model.runtime.run({model.input: xi}, self.forward_tensors(model, **kw))
+                vals = self.forward(model, xi, **kw)
                 t = targets[n].at_batch(0, h.batch_axis)
             results.append(self.explain(model, xi, vals, t, **kw))
         return self.collect(model, values[h.logits], targets, results)

@@ -117,6 +117,9 @@ class Discernible(Fixations):
     def attribute_resolved(self, model, x, values, targets, opts):
         return Method.attribute_resolved(self, model, x, values, targets, opts)
 
+    def native_tensors(self, model, **options):
+        return []  # the policy walk reads NCHW arrays
+
     def explain_in_one_pass(self, model, x, target, step, **options):
         return None  # the trace needs the forward's activations (never a one-pass shortcut of fixations)
 

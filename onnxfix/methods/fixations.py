@@ -50,6 +50,13 @@ class Fixations(Method):
     def forward_tensors(self, model, **options):
         return needed_tensors(model.graph, model.input, model.head.logits)
 
+    def native_tensors(self, model, **options):
+        """Every exposed tensor when the compiled pass will trace (it reads ONNX Runtime's blocked layout in place:
+        no copy back to NCHW per tensor); none when a policy sends the walk through the per-op rules."""
+        if self.policy(model, **options) is not None:
+            return []
+        return self.forward_tensors(model, **options)
+
     def start(self, model, targets) -> np.ndarray:
         """Start rows into the logits tensor for every image's target."""
         return np.concatenate([locations(t, model.head.batch_axis) for t in targets]).astype(np.int64)
